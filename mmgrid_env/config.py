@@ -1,0 +1,250 @@
+"""Configuration of the multi-microgrid model: plain frozen dataclasses and named presets.
+
+Every number of the model lives here, with its unit in its name. A preset is a complete
+:class:`EnvConfig`; a named preset never changes meaning silently (see ``docs/model.md``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+__all__ = [
+    "MicrogridConfig",
+    "OPFConfig",
+    "EnvConfig",
+    "presets",
+    "make_config",
+    "ConfigError",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field and the problem."""
+
+
+@dataclass(frozen=True)
+class MicrogridConfig:
+    """One microgrid: its bus, renewable/load sizes, devices and trade limits.
+
+    Units are in the names: kW, kWp, kWh, kVar, € (EUR), h.
+    """
+
+    bus: int
+    """pandapower bus index (0-based) of ``case33bw`` where the microgrid connects."""
+    pv_kwp: float
+    """PV peak power; P_PV(t) = pv_kwp * pv_pu(t)."""
+    wt_kw: float
+    """Wind turbine rating; P_WT(t) = wt_kw * wind_pu(t)."""
+    load_peak_kw: float
+    """Load peak; P_load(t) = load_peak_kw * load_pu(t)."""
+    power_factor: float = 0.95
+    """Load power factor; Q_load = P_load * tan(acos(pf))."""
+    # Micro gas turbine (eq. 4, 20)
+    mt_min_kw: float = 0.0
+    mt_max_kw: float = 150.0
+    mt_cost_a_eur_per_kw2h: float = 1e-4
+    mt_cost_b_eur_per_kwh: float = 0.09
+    mt_cost_c_eur_per_h: float = 1.0
+    # Energy storage (eq. 5, 6, 21)
+    ess_capacity_kwh: float = 400.0
+    ess_charge_max_kw: float = 100.0
+    ess_discharge_max_kw: float = 100.0
+    ess_eta_charge: float = 0.95
+    ess_eta_discharge: float = 0.95
+    ess_cost_eur_per_kwh: float = 0.005
+    soc_min: float = 0.1
+    soc_max: float = 0.9
+    soc_init: float = 0.5
+    # Main-grid trade at the microgrid's point of common coupling (eq. 7, 8)
+    grid_p_min_kw: float = -300.0
+    grid_p_max_kw: float = 300.0
+    grid_q_min_kvar: float = -200.0
+    grid_q_max_kvar: float = 200.0
+
+
+@dataclass(frozen=True)
+class OPFConfig:
+    """Upper layer: the SOCP-relaxed branch-flow OPF between microgrids (SPEC §4)."""
+
+    topology: str = "reduced"
+    """``"reduced"``: the microgrid buses plus the branching buses the tree needs (the paper's)."""
+    impedance_aggregation: str = "mean"
+    """How an edge's impedance aggregates the feeder branches it stands for: ``"mean"`` (the paper) or
+    ``"sum"`` (physical series impedance)."""
+    v_min_pu: float = 0.95
+    v_max_pu: float = 1.05
+    current_limit_ka: float | None = None
+    """Line current limit (case33bw's own ``max_i_ka`` is a placeholder); ``None`` = no limit."""
+    balancing_kappa: float = 0.2
+    """Imbalance mark-up κ: π⁺ = c + κ|c| (c ≥ 0) or κ|c| (c < 0); π⁻ = c − κ|c|."""
+    loss_price_floor_eur_per_kwh: float = 0.02
+    """Loss weight w_t = max(c_t, floor); keeps fictitious losses from ever being the cheapest outlet."""
+    reactive_cost_rel: float = 0.01
+    reactive_cost_abs_eur_per_kvarh: float = 1e-4
+    """c_q = reactive_cost_rel·|c_t| + reactive_cost_abs (€/kVArh) for |ΔQ|."""
+    reactive_slack_cost_factor: float = 2.0
+    """Unserved/absorbed reactive power beyond the ΔQ limits costs this multiple of c_q."""
+    voll_eur_per_kwh: float = 10.0
+    """Value of lost load: price of explicit load shedding."""
+    curtailment_cost_eur_per_kwh: float = 1e-4
+    """Curtailment is (almost) free; a tiny price keeps it from being used for nothing."""
+    voltage_penalty_eur_per_pu_h: float = 1e5
+    """Penalty per p.u. of squared-voltage limit violation and hour (soft voltage limits)."""
+    solver: str = "clarabel"
+    """Primary solver of the fast path: ``"clarabel"`` (persistent, updated in place) or ``"ecos"``."""
+    fallback_solver: str = "ecos"
+    """Second solver on failure; after it, the documented safe dispatch."""
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Everything that defines an environment instance."""
+
+    microgrids: tuple[MicrogridConfig, ...]
+    opf: OPFConfig = field(default_factory=OPFConfig)
+    dataset: Any = "smard_lu_2024"
+    """Name of a bundled dataset, a path to a CSV of the same schema, or a :class:`mmgrid_env.Dataset`."""
+    dt_h: float = 1.0
+    reward_mode: str = "shared"
+    """``"shared"``: each agent gets r_t/N. ``"individual"``: own cost plus own share of the upper layer."""
+    alpha: float = 1.0
+    """Weight of the lower-layer € cost in the agent reward (eq. 26)."""
+    beta: float = 50.0
+    """Weight of the SoC soft-limit penalty cons(SoC) in the agent reward (€ per unit of SoC outside limits)."""
+    export_discount: float = 0.0
+    """Selling to the main grid earns c − d·|c| per kWh (= c(1 − d) for c ≥ 0; convex for any c)."""
+    price_scale_eur_per_kwh: float = 0.1
+    """Observation scale of the price: obs = c_t / price_scale."""
+    obs_hour: bool = False
+    """Append sin/cos of the hour of day to each observation and to the state."""
+    obs_q_load: bool = False
+    """Append Q_load / load_peak to each observation."""
+    obs_price_forecast: bool = False
+    """Append the next hour's price (perfect one-step forecast) / price_scale."""
+    max_episode_steps: int = 24
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def validate_config(cfg: EnvConfig) -> None:
+    """Raise :class:`ConfigError` naming the first invalid field."""
+    _check(isinstance(cfg.microgrids, tuple) and len(cfg.microgrids) >= 1,
+           "microgrids: need at least one MicrogridConfig")
+    buses = [mg.bus for mg in cfg.microgrids]
+    _check(len(set(buses)) == len(buses), f"microgrids: duplicate buses {buses}; each microgrid needs its own bus")
+    for i, mg in enumerate(cfg.microgrids):
+        where = f"microgrids[{i}]"
+        for name in ("pv_kwp", "wt_kw", "mt_min_kw"):
+            v = getattr(mg, name)
+            _check(math.isfinite(v) and v >= 0, f"{where}.{name} must be finite and >= 0, got {v}")
+        for name in ("load_peak_kw", "mt_max_kw", "ess_capacity_kwh", "ess_charge_max_kw",
+                     "ess_discharge_max_kw"):
+            v = getattr(mg, name)
+            _check(math.isfinite(v) and v > 0, f"{where}.{name} must be a positive capacity, got {v}")
+        _check(mg.mt_min_kw <= mg.mt_max_kw, f"{where}: mt_min_kw {mg.mt_min_kw} > mt_max_kw {mg.mt_max_kw}")
+        for name in ("ess_eta_charge", "ess_eta_discharge", "power_factor"):
+            v = getattr(mg, name)
+            _check(0 < v <= 1, f"{where}.{name} must lie in (0, 1], got {v}")
+        _check(0.0 <= mg.soc_min < mg.soc_max <= 1.0,
+               f"{where}: SoC bounds out of order, need 0 <= soc_min < soc_max <= 1, got "
+               f"soc_min={mg.soc_min}, soc_max={mg.soc_max}")
+        _check(0.0 <= mg.soc_init <= 1.0, f"{where}.soc_init must lie in [0, 1], got {mg.soc_init}")
+        _check(mg.grid_p_min_kw <= mg.grid_p_max_kw,
+               f"{where}: grid_p_min_kw {mg.grid_p_min_kw} > grid_p_max_kw {mg.grid_p_max_kw}")
+        _check(mg.grid_q_min_kvar <= mg.grid_q_max_kvar,
+               f"{where}: grid_q_min_kvar {mg.grid_q_min_kvar} > grid_q_max_kvar {mg.grid_q_max_kvar}")
+        for name in ("mt_cost_a_eur_per_kw2h", "ess_cost_eur_per_kwh"):
+            _check(getattr(mg, name) >= 0, f"{where}.{name} must be >= 0 (convex costs)")
+    o = cfg.opf
+    _check(o.topology == "reduced",
+           f"opf.topology={o.topology!r}: only 'reduced' is implemented (the full 33-bus network is planned)")
+    _check(o.impedance_aggregation in ("mean", "sum"),
+           f"opf.impedance_aggregation must be 'mean' or 'sum', got {o.impedance_aggregation!r}")
+    _check(0 < o.v_min_pu < o.v_max_pu, f"opf: need 0 < v_min_pu < v_max_pu, got {o.v_min_pu}, {o.v_max_pu}")
+    _check(o.current_limit_ka is None or o.current_limit_ka > 0, "opf.current_limit_ka must be > 0 or None")
+    _check(o.balancing_kappa >= 0, "opf.balancing_kappa must be >= 0")
+    _check(o.loss_price_floor_eur_per_kwh > 0, "opf.loss_price_floor_eur_per_kwh must be > 0 (SPEC §4)")
+    _check(o.solver in ("clarabel", "ecos"), f"opf.solver must be 'clarabel' or 'ecos', got {o.solver!r}")
+    _check(o.fallback_solver in ("clarabel", "ecos", "none"),
+           f"opf.fallback_solver must be 'clarabel', 'ecos' or 'none', got {o.fallback_solver!r}")
+    _check(cfg.reward_mode in ("shared", "individual"),
+           f"reward_mode must be 'shared' or 'individual', got {cfg.reward_mode!r}")
+    _check(cfg.dt_h > 0, "dt_h must be > 0")
+    _check(0 <= cfg.export_discount <= 1, "export_discount must lie in [0, 1]")
+    _check(cfg.price_scale_eur_per_kwh > 0, "price_scale_eur_per_kwh must be > 0")
+    _check(cfg.max_episode_steps == 24, "max_episode_steps: episodes are one day of 24 hourly steps")
+
+
+# The "paper" preset: four microgrids of a few hundred kW at case33bw buses [1, 2, 5, 24] with different mixes
+# (PV-heavy, wind-heavy, load-heavy, mixed) so that mutual support matters. The paper gives no device numbers;
+# these are realistic values for commercial microgrids (docs/model.md explains each choice).
+_PAPER_MICROGRIDS = (
+    MicrogridConfig(bus=1, pv_kwp=400.0, wt_kw=50.0, load_peak_kw=250.0,
+                    mt_max_kw=120.0, mt_cost_b_eur_per_kwh=0.085,
+                    ess_capacity_kwh=500.0, ess_charge_max_kw=125.0, ess_discharge_max_kw=125.0),
+    MicrogridConfig(bus=2, pv_kwp=50.0, wt_kw=350.0, load_peak_kw=250.0,
+                    mt_max_kw=100.0, mt_cost_b_eur_per_kwh=0.095,
+                    ess_capacity_kwh=300.0, ess_charge_max_kw=75.0, ess_discharge_max_kw=75.0),
+    MicrogridConfig(bus=5, pv_kwp=100.0, wt_kw=50.0, load_peak_kw=450.0,
+                    mt_max_kw=200.0, mt_cost_b_eur_per_kwh=0.08, mt_cost_c_eur_per_h=1.5,
+                    ess_capacity_kwh=400.0, ess_charge_max_kw=100.0, ess_discharge_max_kw=100.0,
+                    grid_p_min_kw=-400.0, grid_p_max_kw=400.0),
+    MicrogridConfig(bus=24, pv_kwp=200.0, wt_kw=150.0, load_peak_kw=300.0,
+                    mt_max_kw=150.0, mt_cost_b_eur_per_kwh=0.09,
+                    ess_capacity_kwh=400.0, ess_charge_max_kw=100.0, ess_discharge_max_kw=100.0),
+)
+
+presets: Mapping[str, EnvConfig] = {
+    "paper": EnvConfig(microgrids=_PAPER_MICROGRIDS),
+    "paper_extras": EnvConfig(microgrids=_PAPER_MICROGRIDS, obs_hour=True, obs_price_forecast=True),
+}
+"""Named, complete configurations. ``"paper"``: the BMAPPO setting (4 microgrids, observation of eq. 23).
+``"paper_extras"``: the same system with hour-of-day and a one-hour price forecast in the observation."""
+
+
+def make_config(config: EnvConfig | str | None = None, *, microgrid_buses: Sequence[int] | None = None,
+                opf: OPFConfig | Mapping[str, Any] | None = None, **overrides: Any) -> EnvConfig:
+    """Build a validated :class:`EnvConfig` from a preset name (default ``"paper"``) or a config, plus overrides.
+
+    ``microgrid_buses`` moves the preset's microgrids to other buses (same count); ``opf`` may be an
+    :class:`OPFConfig` or a mapping of its fields to override; any other keyword is an :class:`EnvConfig` field.
+    """
+    if config is None:
+        config = "paper"
+    if isinstance(config, str):
+        if config not in presets:
+            raise ConfigError(f"unknown preset {config!r}; known presets: {sorted(presets)}")
+        config = presets[config]
+    if not isinstance(config, EnvConfig):
+        raise ConfigError(f"config must be an EnvConfig or a preset name, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(EnvConfig)}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ConfigError(f"unknown config field(s) {sorted(unknown)}; known: {sorted(known)}")
+    if "microgrids" in overrides:
+        overrides["microgrids"] = tuple(overrides["microgrids"])
+    cfg = dataclasses.replace(config, **overrides)
+    if microgrid_buses is not None:
+        buses = [int(b) for b in microgrid_buses]
+        if len(buses) != len(cfg.microgrids):
+            raise ConfigError(f"microgrid_buses has {len(buses)} values but the config has "
+                              f"{len(cfg.microgrids)} microgrids; pass one bus per microgrid")
+        cfg = dataclasses.replace(cfg, microgrids=tuple(
+            dataclasses.replace(mg, bus=b) for mg, b in zip(cfg.microgrids, buses)))
+    if opf is not None:
+        if isinstance(opf, OPFConfig):
+            cfg = dataclasses.replace(cfg, opf=opf)
+        else:
+            opf_known = {f.name for f in dataclasses.fields(OPFConfig)}
+            bad = set(opf) - opf_known
+            if bad:
+                raise ConfigError(f"unknown opf field(s) {sorted(bad)}; known: {sorted(opf_known)}")
+            cfg = dataclasses.replace(cfg, opf=dataclasses.replace(cfg.opf, **dict(opf)))
+    validate_config(cfg)
+    return cfg

@@ -1,0 +1,389 @@
+"""The multi-microgrid PettingZoo ``ParallelEnv`` (``mmgrid_v0``)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+from .config import EnvConfig, make_config
+from .data import HOURS_PER_DAY, Dataset, load_dataset
+from .devices import (action_to_setpoints, ess_step, fleet_from_config, lower_layer_costs, setpoints_to_action,
+                      soc_penalty)
+from .network import build_network
+from .opf import ConicOPF, OPFResult
+
+__all__ = ["MultiMicrogridEnv", "AGENT_INFO_KEYS", "SYSTEM_INFO_KEYS"]
+
+AGENT_INFO_KEYS = (
+    "p_pv_kw", "p_wt_kw", "p_load_kw", "q_load_kvar", "price_eur_per_kwh",
+    "p_mt_kw", "p_ess_kw", "p_ess_requested_kw", "p_ess_clipped_kw", "p_charge_kw", "p_discharge_kw",
+    "p_grid_kw", "q_grid_kvar", "p_net_kw", "q_net_kvar", "soc", "soc_violation", "actions_clipped",
+    "cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_lower_eur", "reward_lower",
+    "delta_p_kw", "delta_q_kvar", "curtailment_kw", "shedding_kw", "q_slack_kvar", "cost_balancing_eur",
+    "v_pu",
+)
+"""Per-microgrid keys of ``infos[agent]`` (kW, kVar, €, p.u.; ``soc_violation`` = cons(SoC_{t+1}))."""
+
+SYSTEM_INFO_KEYS = (
+    "hour", "day", "cost_upper_eur", "loss_kw", "loss_cost_eur", "voltage_penalty_eur", "cost_total_eur",
+    "team_reward", "relaxation_gap_pu", "opf_status",
+)
+"""System-wide keys, the same in every agent's info. ``cost_total_eur`` = Σ lower-layer € + upper-layer €;
+``opf_status``: 0 optimal, 1 fallback solver, 2 safe dispatch (see :mod:`mmgrid_env.opf`). Infos hold only
+deterministic numbers (same seed and actions → same infos): solve times are in ``env.last_step["opf"]``."""
+
+
+class MultiMicrogridEnv(ParallelEnv):
+    """Networked microgrids trading with the main grid and with each other through an OPF.
+
+    ## Description
+
+    N microgrids (default 4) sit at buses of pandapower's IEEE 33-bus feeder ``case33bw``. Each has PV, a wind
+    turbine (WT), a micro gas turbine (MT), a battery (ESS), a load, and a connection to the main grid, where it
+    trades at the hourly real-time price. Each microgrid is one agent. Every hour the agents set their MT, ESS and
+    main-grid trade (lower layer); then an **upper layer** solves a second-order-cone relaxed optimal power flow
+    (SOCP OPF) on the network between microgrids. It routes one microgrid's surplus to another's deficit, and
+    settles the rest with the main grid at balancing prices (a mark-up κ on the price), by explicit curtailment,
+    or, as a last resort, by load shedding at the value of lost load. Rewards are the costs of both layers.
+    The model follows the BMAPPO paper; the contract is ``SPEC.md`` and the decisions are in ``docs/model.md``.
+
+    ## Action Space
+
+    Each agent: ``Box(-1, 1, (4,), float32)``, mapped affinely onto the physical ranges (eq. 25):
+
+    | Num | Action   | Unit | Range (``-1`` … ``1``)              | Sign                       |
+    |-----|----------|------|-------------------------------------|----------------------------|
+    | 0   | P_MT     | kW   | ``mt_min_kw`` … ``mt_max_kw``       | generation                 |
+    | 1   | P_ESS    | kW   | ``-ess_charge_max_kw`` … ``ess_discharge_max_kw`` | + discharge, − charge |
+    | 2   | P_grid   | kW   | ``grid_p_min_kw`` … ``grid_p_max_kw`` | + buy, − sell             |
+    | 3   | Q_grid   | kVar | ``grid_q_min_kvar`` … ``grid_q_max_kvar`` | + import              |
+
+    Finite values outside [-1, 1] are clipped (counted in ``info["actions_clipped"]``); a wrong shape, NaN or inf
+    raises ``ValueError``. The battery cannot deliver or absorb more than its SoC allows: the request is clipped
+    and the clipped kW is reported in ``info["p_ess_clipped_kw"]``.
+
+    ## Observation Space
+
+    Each agent: ``Box(float32)`` with the observation of eq. 23, normalised to order one:
+
+    | Num | Observation | Scale                                   | Range                      |
+    |-----|-------------|-----------------------------------------|----------------------------|
+    | 0   | P_PV        | ÷ ``pv_kwp`` (1 if 0)                    | [0, 1]                     |
+    | 1   | P_WT        | ÷ ``wt_kw`` (1 if 0)                     | [0, 1]                     |
+    | 2   | P_load      | ÷ ``load_peak_kw``                       | [0, 1]                     |
+    | 3   | price c_t   | ÷ ``price_scale_eur_per_kwh`` (0.1 €/kWh) | the dataset's price range  |
+    | 4   | SoC         | –                                        | [0, 1]                     |
+
+    Optional extras, in this order (off in the ``"paper"`` preset): ``obs_q_load`` → Q_load ÷ ``load_peak_kw``;
+    ``obs_price_forecast`` → next hour's price ÷ price scale; ``obs_hour`` → sin, cos of 2π·hour/24.
+    ``state()`` (eq. 24) concatenates every agent's observation without the hour features, then appends
+    sin/cos of the hour once when ``obs_hour`` is on. Observations show the hour about to be dispatched.
+
+    ## Rewards
+
+    Per agent (eq. 26): r_i = −(α·(F_MG + F_MT + F_ESS) + β·cons(SoC_{t+1})) with F in € for the step. Upper-layer
+    cost F_up = the OPF objective (€): network losses at w_t = max(c_t, 0.02 €/kWh), balancing trades, reactive
+    power, curtailment, shedding and voltage penalties. Team reward r_t = −F_up + Σ_i r_i.
+    ``reward_mode="shared"`` (default): every agent receives r_t / N. ``"individual"``: agent i receives r_i minus
+    its own balancing/curtailment/shedding cost minus its share (by |p_i|) of the loss cost and voltage penalty.
+    In both modes Σ_i rewards_i = r_t. ``infos`` carry every component in €.
+
+    ## Starting State
+
+    ``reset(seed=None, options=None)`` picks a day: ``options={"day": k}`` pins day index k; otherwise a day is drawn
+    with the env's RNG from ``options["split"]`` (``"train"`` default, ``"test"``, ``"all"``). Test days are every
+    5th day (index % 5 == 4): 293 train / 73 test days in the bundled 2024 data. SoC starts at ``soc_init``
+    (``options={"soc": [...]}`` overrides it).
+
+    ## Episode End
+
+    One day = 24 hourly steps. After the 24th step every agent is **truncated** at once (never terminated) and
+    ``agents`` becomes empty. The final observation shows the next calendar day's first hour (the same day's last
+    hour on the last day of the data).
+
+    ## Arguments
+
+    ``parallel_env(config=None, render_mode=None, **overrides)``: ``config`` is an :class:`EnvConfig` or a preset
+    name (``"paper"`` default, ``"paper_extras"``); ``overrides`` are :class:`EnvConfig` fields
+    (``reward_mode``, ``alpha``, ``beta``, ``dataset``, ``obs_hour``, …), plus ``microgrid_buses=[...]`` and
+    ``opf={...}`` (:class:`OPFConfig` fields such as ``impedance_aggregation``). ``env(...)`` returns the AEC
+    version. After each step, ``env.last_step`` holds the step's arrays and the :class:`OPFResult`.
+
+    ## Version History
+
+    * v0: initial release (SOCP OPF on the reduced ``case33bw`` network, SMARD Luxembourg 2024 data).
+    """
+
+    metadata = {"name": "mmgrid_v0", "render_modes": ["ansi"], "is_parallelizable": True, "render_fps": 1}
+
+    def __init__(self, config: EnvConfig | str | None = None, render_mode: str | None = None, **overrides: Any):
+        self.config: EnvConfig = make_config(config, **overrides)
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']} or None, "
+                             f"got {render_mode!r}")
+        self.render_mode = render_mode
+        cfg = self.config
+        self.dataset: Dataset = load_dataset(cfg.dataset)
+        self.fleet = fleet_from_config(cfg)
+        self.network = build_network(self.fleet.bus.tolist(), aggregation=cfg.opf.impedance_aggregation,
+                                     topology=cfg.opf.topology)
+        f = self.fleet
+        self.opf = ConicOPF(self.network, cfg.opf, f.grid_p_min_kw, f.grid_p_max_kw, f.grid_q_min_kvar,
+                            f.grid_q_max_kvar, dt_h=cfg.dt_h)
+        n = f.n
+        self.possible_agents = [f"mg_{i}" for i in range(n)]
+        self.agents: list[str] = []
+        self._agent_index = {a: i for i, a in enumerate(self.possible_agents)}
+        # observation scales and bounds
+        self._pv_scale = np.where(f.pv_kwp > 0, f.pv_kwp, 1.0)
+        self._wt_scale = np.where(f.wt_kw > 0, f.wt_kw, 1.0)
+        ds = self.dataset
+        self._pv_flat, self._wind_flat = ds.pv_pu.reshape(-1), ds.wind_pu.reshape(-1)
+        self._load_flat, self._price_flat = ds.load_pu.reshape(-1), ds.price_eur_per_kwh.reshape(-1)
+        price = ds.price_eur_per_kwh / cfg.price_scale_eur_per_kwh
+        p_lo, p_hi = float(price.min()) - 1e-3, float(price.max()) + 1e-3
+        lows, highs = [0.0, 0.0, 0.0, p_lo, 0.0], [1.0, 1.0, 1.0, p_hi, 1.0]
+        if cfg.obs_q_load:
+            lows.append(0.0)
+            highs.append(float(f.tan_phi.max()) + 1e-6)
+        if cfg.obs_price_forecast:
+            lows.append(p_lo)
+            highs.append(p_hi)
+        self._core_dim = len(lows)
+        if cfg.obs_hour:
+            lows += [-1.0, -1.0]
+            highs += [1.0, 1.0]
+        low, high = np.array(lows, np.float32), np.array(highs, np.float32)
+        self._obs_spaces = {a: spaces.Box(low, high, dtype=np.float32) for a in self.possible_agents}
+        self._act_spaces = {a: spaces.Box(-1.0, 1.0, (4,), dtype=np.float32) for a in self.possible_agents}
+        s_low = np.concatenate([low[: self._core_dim]] * n + ([low[-2:]] if cfg.obs_hour else []))
+        s_high = np.concatenate([high[: self._core_dim]] * n + ([high[-2:]] if cfg.obs_hour else []))
+        self.state_space = spaces.Box(s_low, s_high, dtype=np.float32)
+        self._rng = np.random.default_rng()
+        self._day = 0
+        self._t = 0
+        self._soc = f.soc_init.copy()
+        self.last_step: dict[str, Any] | None = None
+        self._obs = np.zeros((n, low.size), np.float32)
+        self._agent_key_index = {k: j for j, k in enumerate(AGENT_INFO_KEYS)}
+
+    # ------------------------------------------------------------------ spaces
+    def observation_space(self, agent: str) -> spaces.Box:
+        return self._obs_spaces[agent]
+
+    def action_space(self, agent: str) -> spaces.Box:
+        return self._act_spaces[agent]
+
+    @property
+    def num_agents(self) -> int:  # PettingZoo derives it from self.agents
+        return len(self.agents)
+
+    # ------------------------------------------------------------------ data
+    def _exogenous(self, day: int, hour: int):
+        """(pv_kw, wt_kw, load_kw, q_load_kvar, price €/kWh, next hour's price) at (day, hour).
+
+        Hours run on past midnight into the next calendar day (hour 24 = next day's hour 0), clamped at the
+        dataset's last hour.
+        """
+        f, last = self.fleet, self._price_flat.size - 1
+        k = min(day * HOURS_PER_DAY + hour, last)
+        load = f.load_peak_kw * self._load_flat[k]
+        return (f.pv_kwp * self._pv_flat[k], f.wt_kw * self._wind_flat[k], load, load * f.tan_phi,
+                float(self._price_flat[k]), float(self._price_flat[min(k + 1, last)]))
+
+    def _observe(self, day: int, hour: int) -> np.ndarray:
+        cfg, f = self.config, self.fleet
+        pv, wt, load, q_load, price, price_next = self._exogenous(day, hour)
+        cols = [pv / self._pv_scale, wt / self._wt_scale, load / f.load_peak_kw,
+                np.full(f.n, price / cfg.price_scale_eur_per_kwh), self._soc]
+        if cfg.obs_q_load:
+            cols.append(q_load / f.load_peak_kw)
+        if cfg.obs_price_forecast:
+            cols.append(np.full(f.n, price_next / cfg.price_scale_eur_per_kwh))
+        if cfg.obs_hour:
+            h = (hour % HOURS_PER_DAY) * 2.0 * math.pi / HOURS_PER_DAY
+            cols += [np.full(f.n, math.sin(h)), np.full(f.n, math.cos(h))]
+        obs = np.stack(cols, axis=1).astype(np.float32)
+        space = self._obs_spaces[self.possible_agents[0]]
+        return np.clip(obs, space.low, space.high)  # guards float32 rounding at the bounds only
+
+    def state(self) -> np.ndarray:
+        core = self._obs[:, : self._core_dim].reshape(-1)
+        if self.config.obs_hour:
+            core = np.concatenate([core, self._obs[0, -2:]])
+        return core.astype(np.float32)
+
+    # ------------------------------------------------------------------ API
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+            for i, a in enumerate(self.possible_agents):
+                self._act_spaces[a].seed(seed + i)
+                self._obs_spaces[a].seed(seed + i)
+        options = dict(options or {})
+        unknown = set(options) - {"day", "split", "soc"}
+        if unknown:  # ignored, not raised: generic tools (PettingZoo's API test) pass options of their own
+            warnings.warn(f"reset ignores unknown option(s) {sorted(unknown)}; known: 'day', 'split', 'soc'",
+                          stacklevel=2)
+        split = options.get("split", "train")
+        days = self.dataset.split_days(split)
+        if options.get("day") is not None:
+            day = int(options["day"])
+            if not 0 <= day < self.dataset.n_days:
+                raise ValueError(f"options['day']={day} is out of range: the dataset has days 0.."
+                                 f"{self.dataset.n_days - 1}")
+        else:
+            day = int(self._rng.choice(days))
+        soc = self.fleet.soc_init.copy()
+        if options.get("soc") is not None:
+            soc = np.asarray(options["soc"], float).reshape(-1)
+            if soc.shape != (self.fleet.n,) or not np.all((soc >= 0) & (soc <= 1)):
+                raise ValueError(f"options['soc'] needs {self.fleet.n} values in [0, 1], got {options['soc']!r}")
+        self._day, self._t, self._soc = day, 0, soc.copy()
+        self.agents = list(self.possible_agents)
+        self._obs = self._observe(day, 0)
+        self.last_step = None
+        observations = {a: self._obs[i] for i, a in enumerate(self.agents)}
+        pv, wt, load, q_load, price, _ = self._exogenous(day, 0)
+        rows = np.zeros((self.fleet.n, len(AGENT_INFO_KEYS)))
+        k = self._agent_key_index
+        rows[:, k["p_pv_kw"]], rows[:, k["p_wt_kw"]], rows[:, k["p_load_kw"]] = pv, wt, load
+        rows[:, k["q_load_kvar"]], rows[:, k["price_eur_per_kwh"]], rows[:, k["soc"]] = q_load, price, soc
+        rows[:, k["soc_violation"]] = soc_penalty(self.fleet, soc)
+        rows[:, k["v_pu"]] = 1.0
+        system = dict.fromkeys(SYSTEM_INFO_KEYS, 0.0)
+        system["hour"], system["day"] = 0.0, float(day)
+        infos = self._infos(rows, system)
+        return observations, infos
+
+    def _infos(self, rows: np.ndarray, system: dict) -> dict:
+        out = {}
+        for i, a in enumerate(self.possible_agents):
+            d = dict(zip(AGENT_INFO_KEYS, rows[i].tolist()))
+            d.update(system)
+            out[a] = d
+        return out
+
+    def _validate_actions(self, actions: dict) -> np.ndarray:
+        if not self.agents:
+            raise RuntimeError("step() called on a finished episode: call reset() first")
+        if not isinstance(actions, dict):
+            raise TypeError(f"actions must be a dict {{agent: array of shape (4,)}}, got {type(actions).__name__}")
+        missing = [a for a in self.agents if a not in actions]
+        extra = [a for a in actions if a not in self._agent_index or a not in self.agents]
+        if missing or extra:
+            raise ValueError(f"actions must name exactly the live agents {self.agents}; missing {missing}, "
+                             f"unknown {extra}")
+        try:
+            act = np.stack([np.asarray(actions[a], dtype=np.float64).reshape(-1) for a in self.possible_agents])
+        except ValueError:
+            shapes = {a: np.shape(actions[a]) for a in self.possible_agents}
+            raise ValueError(f"each action must have shape (4,); got {shapes}") from None
+        if act.shape[1] != 4:
+            shapes = {a: np.shape(actions[a]) for a in self.possible_agents}
+            raise ValueError(f"each action must have shape (4,); got {shapes}")
+        if not np.all(np.isfinite(act)):
+            bad = [a for i, a in enumerate(self.possible_agents) if not np.all(np.isfinite(act[i]))]
+            raise ValueError(f"actions of {bad} contain NaN or inf")
+        return act
+
+    def step(self, actions: dict):
+        act = self._validate_actions(actions)
+        cfg, f, dt = self.config, self.fleet, self.config.dt_h
+        clipped = np.sum((act < -1.0) | (act > 1.0), axis=1).astype(float)
+        act = np.clip(act, -1.0, 1.0)
+        setp = action_to_setpoints(f, act)
+        p_mt, p_ess_req, p_grid, q_grid = setp[:, 0], setp[:, 1], setp[:, 2], setp[:, 3]
+        day, hour = self._day, self._t
+        pv, wt, load, q_load, price, _ = self._exogenous(day, hour)
+        p_ess, p_cha, p_dis, soc_next = ess_step(f, self._soc, p_ess_req, dt)
+        p_net = pv + wt + p_mt + p_ess + p_grid - load  # eq. 9
+        q_net = q_grid - q_load  # eq. 10
+        opf: OPFResult = self.opf.solve(p_net, q_net, price, p_grid, q_grid)
+        f_mg, f_mt, f_ess = lower_layer_costs(f, price, p_mt, p_grid, p_cha, p_dis, dt, cfg.export_discount)
+        cons = soc_penalty(f, soc_next)
+        cost_lower = f_mg + f_mt + f_ess
+        r_lower = -(cfg.alpha * cost_lower + cfg.beta * cons)
+        cost_upper = opf.objective_eur
+        team = float(r_lower.sum()) - cost_upper
+        n = f.n
+        if cfg.reward_mode == "shared":
+            rew = np.full(n, team / n)
+        else:
+            shared_cost = opf.loss_cost_eur + opf.voltage_penalty_eur
+            weight = np.abs(p_net)
+            share = weight / weight.sum() if weight.sum() > 0 else np.full(n, 1.0 / n)
+            rew = r_lower - opf.mg_balancing_cost_eur - shared_cost * share
+        self._soc = soc_next
+        self._t += 1
+        done = self._t >= HOURS_PER_DAY
+        self._obs = self._observe(day, self._t)
+        v_mg = opf.v_pu[self.network.mg_node]
+        rows = np.stack([pv, wt, load, q_load, np.full(n, price), p_mt, p_ess, p_ess_req, p_ess_req - p_ess, p_cha,
+                         p_dis, p_grid, q_grid, p_net, q_net, soc_next, cons, clipped, f_mg, f_mt, f_ess,
+                         cost_lower, r_lower, opf.delta_p_kw, opf.delta_q_kvar, opf.curtailment_kw,
+                         opf.shedding_kw, opf.q_slack_kvar, opf.mg_balancing_cost_eur, v_mg], axis=1)
+        system = {
+            "hour": float(hour), "day": float(day), "cost_upper_eur": cost_upper, "loss_kw": opf.losses_kw,
+            "loss_cost_eur": opf.loss_cost_eur, "voltage_penalty_eur": opf.voltage_penalty_eur,
+            "cost_total_eur": float(cost_lower.sum()) + cost_upper, "team_reward": team,
+            "relaxation_gap_pu": opf.relaxation_gap_pu, "opf_status": float(opf.status_code),
+        }
+        agents = self.agents
+        observations = {a: self._obs[self._agent_index[a]] for a in agents}
+        rewards = {a: float(rew[self._agent_index[a]]) for a in agents}
+        terminations = {a: False for a in agents}
+        truncations = {a: done for a in agents}
+        infos = self._infos(rows, system)
+        self.last_step = {"rows": rows, "keys": AGENT_INFO_KEYS, "system": system, "opf": opf,
+                          "rewards": rew, "actions": act}
+        if done:
+            self.agents = []
+        return observations, rewards, terminations, truncations, infos
+
+    # ------------------------------------------------------------------ helpers
+    def action_from_setpoints(self, p_mt_kw, p_ess_kw, p_grid_kw, q_grid_kvar) -> dict[str, np.ndarray]:
+        """Actions that request the given physical set-points (arrays over microgrids, kW/kVar)."""
+        setp = np.stack([np.broadcast_to(np.asarray(x, float), (self.fleet.n,))
+                         for x in (p_mt_kw, p_ess_kw, p_grid_kw, q_grid_kvar)], axis=1)
+        act = setpoints_to_action(self.fleet, setp)
+        return {a: act[i].astype(np.float32) for i, a in enumerate(self.possible_agents)}
+
+    @property
+    def day(self) -> int:
+        """Index of the current day in the dataset."""
+        return self._day
+
+    @property
+    def hour(self) -> int:
+        """The hour the next step dispatches (0–23; 24 after the episode)."""
+        return self._t
+
+    @property
+    def soc(self) -> np.ndarray:
+        return self._soc.copy()
+
+    def render(self, *args, **kwargs):
+        """``render_mode="ansi"``: a text table of the last step. ``None``: nothing."""
+        if self.render_mode is None:
+            return None
+        if self.last_step is None:
+            return f"mmgrid_v0 day {self._day} hour {self._t}: no step yet"
+        rows, sysd = self.last_step["rows"], self.last_step["system"]
+        k = self._agent_key_index
+        cols = ("p_pv_kw", "p_wt_kw", "p_load_kw", "p_mt_kw", "p_ess_kw", "p_grid_kw", "p_net_kw", "delta_p_kw",
+                "soc")
+        lines = [f"day {int(sysd['day'])} hour {int(sysd['hour'])}  price {rows[0, k['price_eur_per_kwh']]:.4f} "
+                 f"€/kWh  step cost {sysd['cost_total_eur']:.2f} €  losses {sysd['loss_kw']:.3f} kW",
+                 "agent " + " ".join(f"{c:>11}" for c in cols)]
+        for i, a in enumerate(self.possible_agents):
+            lines.append(f"{a:<5} " + " ".join(f"{rows[i, k[c]]:>11.2f}" for c in cols))
+        return "\n".join(lines)
+
+    def close(self):
+        pass

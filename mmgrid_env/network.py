@@ -1,0 +1,210 @@
+"""The inter-microgrid network, built at run time from pandapower's ``case33bw`` (SPEC §2).
+
+A :class:`Network` is plain data: nodes in parent-before-child order (node 0 is the root), one edge per
+non-root node (from its parent), per-unit impedances on the feeder's own base, and the feeder path each edge
+stands for. ``topology="reduced"`` keeps the microgrid buses plus the branching buses that the tree needs; the
+node arrays are general so that the full 33-bus feeder (every bus a node, with its own load) fits the same shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["Network", "build_network", "NetworkError"]
+
+
+class NetworkError(ValueError):
+    """Bad bus list or network option; the message names the bus/option."""
+
+
+@dataclass(frozen=True)
+class Network:
+    """A radial network of microgrid nodes.
+
+    Attributes:
+        buses: pandapower bus index of each node; node 0 is the root (nearest the substation).
+        parent: parent node of each node (-1 for the root); parents come before children.
+        r_pu, x_pu: impedance of the edge into node k (index k-1 for k = 1..n-1), per unit.
+        r_ohm, x_ohm: the same in ohm.
+        edge_lines: pandapower line indices each edge stands for (feeder path, parent side first).
+        mg_node: node index of each microgrid (in microgrid order).
+        aggregation: ``"mean"`` or ``"sum"``.
+        base_kv, base_mva: the feeder's own per-unit base (12.66 kV, pandapower's ``sn_mva``).
+    """
+
+    buses: tuple[int, ...]
+    parent: np.ndarray
+    r_pu: np.ndarray
+    x_pu: np.ndarray
+    r_ohm: np.ndarray
+    x_ohm: np.ndarray
+    edge_lines: tuple[tuple[int, ...], ...]
+    mg_node: np.ndarray
+    aggregation: str
+    base_kv: float
+    base_mva: float
+
+    @property
+    def n_nodes(self) -> int:
+        return len(self.buses)
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.buses) - 1
+
+    @property
+    def edge_from(self) -> np.ndarray:
+        """Parent node of each edge (edge k-1 goes parent[k] → k)."""
+        return self.parent[1:]
+
+    @property
+    def edge_to(self) -> np.ndarray:
+        return np.arange(1, self.n_nodes)
+
+    @property
+    def z_base_ohm(self) -> float:
+        return self.base_kv ** 2 / self.base_mva
+
+    @property
+    def i_base_ka(self) -> float:
+        return self.base_mva / (math.sqrt(3) * self.base_kv)
+
+    @property
+    def base_kw(self) -> float:
+        return self.base_mva * 1000.0
+
+    def table(self) -> str:
+        """The reduced topology as a printable table: edge, buses, impedances, the feeder path it stands for."""
+        rows = [f"{'edge':>4}  {'from_bus':>8}  {'to_bus':>6}  {'r_ohm':>8}  {'x_ohm':>8}  {'r_pu':>9}  "
+                f"{'x_pu':>9}  feeder lines ({self.aggregation})"]
+        for k in range(self.n_edges):
+            child = k + 1
+            rows.append(f"{k:>4}  {self.buses[self.parent[child]]:>8}  {self.buses[child]:>6}  "
+                        f"{self.r_ohm[k]:>8.4f}  {self.x_ohm[k]:>8.4f}  {self.r_pu[k]:>9.6f}  {self.x_pu[k]:>9.6f}  "
+                        f"{list(self.edge_lines[k])}")
+        mgs = ", ".join(f"mg_{m}@bus{self.buses[n]}" for m, n in enumerate(self.mg_node))
+        rows.append(f"root bus {self.buses[0]} (v fixed at 1.0 p.u.); microgrids: {mgs}; "
+                    f"base {self.base_kv} kV, {self.base_mva} MVA")
+        return "\n".join(rows)
+
+    def __str__(self) -> str:  # pragma: no cover - convenience
+        return self.table()
+
+    def to_pandapower(self, p_inj_kw: Sequence[float] | None = None, q_inj_kvar: Sequence[float] | None = None):
+        """A pandapower net of this (reduced) topology, for AC validation.
+
+        Root node = ``ext_grid`` at 1.0 p.u.; node injections (kW/kVar, generation positive) become ``sgen``s.
+        """
+        import pandapower as pp
+
+        net = pp.create_empty_network(sn_mva=self.base_mva)
+        for b in self.buses:
+            pp.create_bus(net, vn_kv=self.base_kv, name=f"bus{b}")
+        for k in range(self.n_edges):
+            pp.create_line_from_parameters(net, from_bus=int(self.parent[k + 1]), to_bus=k + 1, length_km=1.0,
+                                           r_ohm_per_km=float(self.r_ohm[k]), x_ohm_per_km=float(self.x_ohm[k]),
+                                           c_nf_per_km=0.0, max_i_ka=99999.0)
+        pp.create_ext_grid(net, bus=0, vm_pu=1.0, va_degree=0.0)
+        if p_inj_kw is not None:
+            q = np.zeros(self.n_nodes) if q_inj_kvar is None else np.asarray(q_inj_kvar, float)
+            for j, (p, qq) in enumerate(zip(np.asarray(p_inj_kw, float), q)):
+                pp.create_sgen(net, bus=j, p_mw=p / 1000.0, q_mvar=qq / 1000.0)
+        return net
+
+
+def _feeder_tree(net) -> tuple[dict[int, int], dict[int, int]]:
+    """Parent bus and the line into each bus, for the in-service radial feeder rooted at the ext_grid bus."""
+    root = int(net.ext_grid.bus.iloc[0])
+    adj: dict[int, list[tuple[int, int]]] = {int(b): [] for b in net.bus.index}
+    for idx, line in net.line[net.line.in_service].iterrows():
+        a, b = int(line.from_bus), int(line.to_bus)
+        adj[a].append((b, int(idx)))
+        adj[b].append((a, int(idx)))
+    parent, via = {root: -1}, {root: -1}
+    stack = [root]
+    while stack:
+        u = stack.pop()
+        for w, li in adj[u]:
+            if w not in parent:
+                parent[w], via[w] = u, li
+                stack.append(w)
+    return parent, via
+
+
+def build_network(mg_buses: Sequence[int], aggregation: str = "mean", topology: str = "reduced",
+                  feeder=None) -> Network:
+    """Build the network that connects microgrids at ``mg_buses`` (pandapower bus indices of ``case33bw``).
+
+    Args:
+        mg_buses: one distinct bus per microgrid.
+        aggregation: ``"mean"`` (the paper: average of the path's branch impedances) or ``"sum"``.
+        topology: ``"reduced"`` (the only one implemented so far).
+        feeder: a pandapower net to use instead of ``case33bw()`` (radial, one ext_grid).
+    """
+    if topology != "reduced":
+        raise NetworkError(f"topology={topology!r}: only 'reduced' is implemented")
+    if aggregation not in ("mean", "sum"):
+        raise NetworkError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")
+    if feeder is None:
+        import pandapower.networks as pn
+
+        feeder = pn.case33bw()
+    parent_bus, via_line = _feeder_tree(feeder)
+    buses = [int(b) for b in mg_buses]
+    if not buses:
+        raise NetworkError("mg_buses is empty: need at least one microgrid bus")
+    if len(set(buses)) != len(buses):
+        raise NetworkError(f"duplicate microgrid buses in {buses}")
+    for b in buses:
+        if b not in parent_bus:
+            raise NetworkError(f"unknown bus {b}: case33bw has buses 0..{len(feeder.bus) - 1} "
+                               f"(pandapower's 0-based indices)")
+
+    def ancestors(b: int) -> list[int]:  # b, parent(b), ..., root
+        out = [b]
+        while parent_bus[out[-1]] != -1:
+            out.append(parent_bus[out[-1]])
+        return out
+
+    anc = {b: ancestors(b) for b in buses}
+    # Closure under lowest common ancestors: the branching buses the reduced tree needs.
+    nodes = set(buses)
+    for i, a in enumerate(buses):
+        set_a = set(anc[a])
+        for b in buses[i + 1:]:
+            nodes.add(next(x for x in anc[b] if x in set_a))
+    all_anc = {x: ancestors(x) for x in nodes}
+    order = sorted(nodes, key=lambda x: (len(all_anc[x]), x))  # by depth: parents before children
+    pos = {b: k for k, b in enumerate(order)}
+    parent = np.full(len(order), -1, dtype=np.int64)
+    r_ohm, x_ohm, lines = [], [], []
+    for k, b in enumerate(order[1:], start=1):
+        path = []
+        u = b
+        while True:
+            path.append(via_line[u])
+            u = parent_bus[u]
+            if u in pos:
+                break
+        parent[k] = pos[u]
+        path = path[::-1]
+        r = feeder.line.loc[path, "r_ohm_per_km"].to_numpy() * feeder.line.loc[path, "length_km"].to_numpy()
+        x = feeder.line.loc[path, "x_ohm_per_km"].to_numpy() * feeder.line.loc[path, "length_km"].to_numpy()
+        agg = np.mean if aggregation == "mean" else np.sum
+        r_ohm.append(float(agg(r)))
+        x_ohm.append(float(agg(x)))
+        lines.append(tuple(int(p) for p in path))
+    if sum(1 for x in order if parent[pos[x]] == -1) != 1:  # pragma: no cover - closure guarantees one root
+        raise NetworkError("reduced network is not a tree")
+    base_kv = float(feeder.bus.vn_kv.iloc[0])
+    base_mva = float(feeder.sn_mva)
+    z_base = base_kv ** 2 / base_mva
+    r_ohm_a, x_ohm_a = np.array(r_ohm, dtype=float), np.array(x_ohm, dtype=float)
+    return Network(buses=tuple(order), parent=parent, r_pu=r_ohm_a / z_base, x_pu=x_ohm_a / z_base,
+                   r_ohm=r_ohm_a, x_ohm=x_ohm_a, edge_lines=tuple(lines),
+                   mg_node=np.array([pos[b] for b in buses], dtype=np.int64), aggregation=aggregation,
+                   base_kv=base_kv, base_mva=base_mva)
