@@ -1,0 +1,578 @@
+"""MAPPO for mmgrid-env: the reference lower-layer learner of the BMAPPO paper, in one readable file.
+
+Centralised training, decentralised execution (CTDE, paper §III.B):
+
+* one **actor** per microgrid, all sharing parameters, sees only its own observation o_i (eq. 23) plus a one-hot
+  agent id (the microgrids differ: PV-heavy, wind-heavy, load-heavy, mixed) and outputs a Gaussian over the
+  four actions in [-1, 1] (eq. 25); the environment receives the sample clipped to [-1, 1];
+* a **centralised critic** sees the global ``env.state()`` (eq. 24), the agent id and (by default) the hour of
+  the episode, and estimates agent i's return; it is only used during training.
+
+The update is PPO's clipped surrogate (eq. 1-2) with the details the MAPPO authors (Yu et al., 2022, "The Surprising
+Effectiveness of PPO in Cooperative Multi-Agent Games") found to matter: GAE, value normalisation by running
+mean/std, value clipping, advantage normalisation, orthogonal initialisation, gradient clipping, an entropy bonus,
+several epochs over shuffled minibatches. It reads top to bottom like CleanRL's ``ppo_continuous_action.py``:
+:class:`Args` → networks → :func:`compute_gae` / :func:`ppo_losses` → :func:`train` (rollout + update) →
+:class:`MAPPOPolicy` (evaluation) → checkpoints.
+
+This module is a **separate consumer** of the environment: it imports only public names of :mod:`mmgrid_env`.
+
+Hyper-parameter sets (``Args.from_preset``):
+
+* ``"paper"`` — Table I of the BMAPPO paper: γ = 0.95, 128 hidden units, actor lr 3e-4, critic lr 1e-4,
+  ε = 0.2, a buffer of 10 000 transitions per update, minibatch 96, up to 20 000 training episodes. The paper
+  does not give λ, epochs, entropy, grad-norm, std: we use MAPPO's defaults for those.
+* ``"default"`` — what worked best here (see ``docs/results.md``): γ = 0.99 (a battery bought at night is sold in
+  the evening, 12+ h later: γ = 0.95 discounts that by ~0.5), smaller rollouts and more updates, a faster critic.
+
+Episodes are one day (24 hourly steps) that the environment ends by truncation. We treat the day end as
+**terminal** (no bootstrap): the objective is the day's cost and the evaluation harness, the oracle and the paper
+all score a day on its own. Rollouts always hold whole days, so GAE never needs a bootstrap value.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch.distributions import Normal
+
+from mmgrid_env import parallel_env
+
+__all__ = ["Args", "HYPERPARAMETER_SETS", "Actor", "Critic", "RunningMeanStd", "MAPPOAgent", "compute_gae",
+           "ppo_losses", "train", "TrainResult", "MAPPOPolicy", "save_checkpoint", "load_checkpoint"]
+
+HOURS = 24  # steps per episode (one day); the env ends every episode by truncation after 24 steps
+
+
+# ====================================================================================================== arguments
+@dataclass
+class Args:
+    """Every knob of a run. ``Args.from_preset("paper" | "default", **overrides)`` builds a named set."""
+
+    # --- experiment
+    exp_name: str = "mappo"
+    """Name of the run (used for the output folder)."""
+    seed: int = 1
+    """Seeds torch, numpy and the environments: the same seed (on the same machine) gives the same run."""
+    torch_deterministic: bool = True
+    """``torch.use_deterministic_algorithms`` (and cudnn.deterministic) for reproducibility."""
+    device: str = "cpu"
+    """``"cpu"`` or ``"cuda"`` (falls back to cpu when CUDA is unavailable)."""
+    torch_threads: int = 1
+    """``torch.set_num_threads``: the networks are small and the environment is CPU-bound."""
+
+    # --- environment
+    env_preset: str = "paper"
+    """Environment preset: ``"paper"`` (observation of eq. 23) or ``"paper_extras"`` (+ hour of day, price forecast)."""
+    reward_mode: str = "shared"
+    """``"shared"`` (cooperative: every agent gets r_t/N) or ``"individual"`` (see the env docs)."""
+    num_envs: int = 8
+    """Environment copies stepped in a plain loop; their transitions fill one rollout batch together."""
+
+    # --- budget and rollout
+    total_episodes: int = 20000
+    """Training episodes (days) in all, over all env copies (Table I: up to 20 000)."""
+    buffer_size: int = 1536
+    """Joint transitions (env steps) collected per update, rounded up to whole days on every env copy
+    (Table I's "experience replay pool" D = 10 000). Each joint transition holds one sample per agent."""
+
+    # --- PPO / MAPPO
+    gamma: float = 0.99
+    """Discount factor γ (Table I: 0.95)."""
+    gae_lambda: float = 0.95
+    """λ of generalised advantage estimation."""
+    hidden: int = 128
+    """Hidden units per layer, two layers in actor and critic (Table I: 128)."""
+    actor_lr: float = 3e-4
+    """Actor learning rate l_a (Table I: 3e-4)."""
+    critic_lr: float = 1e-3
+    """Critic learning rate l_c (Table I: 1e-4)."""
+    anneal_lr: bool = True
+    """Anneal both learning rates linearly to 0 over training."""
+    update_epochs: int = 5
+    """Passes over each rollout batch."""
+    minibatch_size: int = 96
+    """Joint transitions per minibatch (each with one sample per agent; Table I: B = 96)."""
+    clip_coef: float = 0.2
+    """ε of the clipped surrogate (eq. 1-2; Table I: 0.2)."""
+    clip_vloss: bool = True
+    """Clip the value update around the old prediction (in normalised units, by ``clip_coef``)."""
+    ent_coef: float = 0.0
+    """Entropy bonus coefficient."""
+    vf_coef: float = 1.0
+    """Value-loss coefficient (actor and critic have separate optimisers, so it only scales the critic loss)."""
+    max_grad_norm: float = 0.5
+    """Global-norm gradient clipping, separately for actor and critic."""
+    norm_adv: bool = True
+    """Normalise advantages over the whole rollout batch (MAPPO's choice)."""
+    value_norm: bool = True
+    """Normalise value targets by a running mean/std of the returns (MAPPO's ValueNorm)."""
+    obs_norm: bool = True
+    """Normalise actor/critic inputs by running mean/std (frozen at evaluation; prices spike to ~9 scale units)."""
+    reward_scale: float = 0.01
+    """Rewards are multiplied by this before learning (team cost is O(10-100) € per step)."""
+    init_log_std: float = -0.5
+    """Initial log standard deviation of the Gaussian actions (state-independent, learned)."""
+    critic_time_feature: bool = True
+    """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
+    value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
+
+    # --- logging
+    log_every_updates: int = 1
+    """Write a CSV row (and TensorBoard scalars) every this many updates."""
+
+    @classmethod
+    def from_preset(cls, name: str = "default", **overrides: Any) -> "Args":
+        """A named hyper-parameter set (``"default"`` or ``"paper"``) with field overrides."""
+        if name not in HYPERPARAMETER_SETS:
+            raise ValueError(f"unknown hyper-parameter set {name!r}; known: {sorted(HYPERPARAMETER_SETS)}")
+        fields_ = {f.name for f in dataclasses.fields(cls)}
+        bad = set(overrides) - fields_
+        if bad:
+            raise ValueError(f"unknown Args field(s) {sorted(bad)}")
+        return cls(**{**HYPERPARAMETER_SETS[name], **overrides})
+
+    @property
+    def episodes_per_env(self) -> int:
+        """Days each env copy plays per rollout batch."""
+        return max(1, math.ceil(self.buffer_size / (HOURS * self.num_envs)))
+
+    @property
+    def rollout_steps(self) -> int:
+        """Joint transitions per rollout batch (a whole number of days on every env copy)."""
+        return self.episodes_per_env * HOURS * self.num_envs
+
+    @property
+    def num_updates(self) -> int:
+        return max(1, math.ceil(self.total_episodes / (self.episodes_per_env * self.num_envs)))
+
+
+HYPERPARAMETER_SETS: dict[str, dict[str, Any]] = {
+    # The defaults of Args: what worked best on the bundled data (docs/results.md).
+    "default": {},
+    # Table I of the BMAPPO paper; the rest are MAPPO's published defaults for continuous control.
+    "paper": dict(gamma=0.95, hidden=128, actor_lr=3e-4, critic_lr=1e-4, clip_coef=0.2, buffer_size=10000,
+                  minibatch_size=96, total_episodes=20000, update_epochs=5, anneal_lr=False, ent_coef=0.0,
+                  max_grad_norm=10.0, gae_lambda=0.95, critic_time_feature=False, obs_norm=False),
+}
+
+
+# ====================================================================================================== networks
+def layer_init(layer: nn.Linear, std: float = math.sqrt(2), bias: float = 0.0) -> nn.Linear:
+    """Orthogonal weights, constant bias (the initialisation of PPO/MAPPO implementations)."""
+    nn.init.orthogonal_(layer.weight, std)
+    nn.init.constant_(layer.bias, bias)
+    return layer
+
+
+class RunningMeanStd(nn.Module):
+    """Running mean/variance (parallel Welford); the statistics are buffers, so they travel in ``state_dict``."""
+
+    def __init__(self, shape: tuple[int, ...] = (), epsilon: float = 1e-4):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(epsilon, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        x = x.reshape(-1, *self.mean.shape).to(torch.float64)
+        b_mean, b_var, b_count = x.mean(0), x.var(0, unbiased=False), x.shape[0]
+        delta, tot = b_mean - self.mean, self.count + b_count
+        new_mean = self.mean + delta * b_count / tot
+        m2 = self.var * self.count + b_var * b_count + delta.pow(2) * self.count * b_count / tot
+        self.mean.copy_(new_mean)
+        self.var.copy_(m2 / tot)
+        self.count.copy_(tot)
+
+    def normalize(self, x: torch.Tensor, clip: float | None = None) -> torch.Tensor:
+        y = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + 1e-8)
+        return y.clamp(-clip, clip) if clip is not None else y
+
+    def denormalize(self, y: torch.Tensor) -> torch.Tensor:
+        return y * torch.sqrt(self.var.to(y.dtype) + 1e-8) + self.mean.to(y.dtype)
+
+
+def mlp(n_in: int, hidden: int, n_out: int, out_std: float) -> nn.Sequential:
+    return nn.Sequential(layer_init(nn.Linear(n_in, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, hidden)), nn.Tanh(),
+                         layer_init(nn.Linear(hidden, n_out), std=out_std))
+
+
+class Actor(nn.Module):
+    """Shared decentralised actor: (own observation ⊕ one-hot agent id) → Normal(mean, exp(log_std))."""
+
+    def __init__(self, obs_dim: int, n_agents: int, act_dim: int, hidden: int, init_log_std: float, obs_norm: bool):
+        super().__init__()
+        self.n_agents, self.use_obs_norm = n_agents, obs_norm
+        self.obs_rms = RunningMeanStd((obs_dim,))
+        self.mean = mlp(obs_dim + n_agents, hidden, act_dim, out_std=0.01)  # small last layer: start near a = 0
+        self.log_std = nn.Parameter(torch.full((act_dim,), float(init_log_std)))
+
+    def features(self, obs: torch.Tensor, agent_id: torch.Tensor) -> torch.Tensor:
+        if self.use_obs_norm:
+            obs = self.obs_rms.normalize(obs, clip=10.0)
+        onehot = nn.functional.one_hot(agent_id, self.n_agents).to(obs.dtype)
+        return torch.cat([obs, onehot], dim=-1)
+
+    def dist(self, obs: torch.Tensor, agent_id: torch.Tensor) -> Normal:
+        mu = self.mean(self.features(obs, agent_id))
+        return Normal(mu, self.log_std.expand_as(mu).exp())
+
+    def act_deterministic(self, obs: torch.Tensor, agent_id: torch.Tensor) -> torch.Tensor:
+        return self.mean(self.features(obs, agent_id)).clamp(-1.0, 1.0)
+
+
+class Critic(nn.Module):
+    """Centralised critic: (global state ⊕ one-hot agent id [⊕ t/24]) → agent i's value, in normalised units."""
+
+    def __init__(self, state_dim: int, n_agents: int, hidden: int, time_feature: bool, obs_norm: bool):
+        super().__init__()
+        self.n_agents, self.time_feature, self.use_obs_norm = n_agents, time_feature, obs_norm
+        self.state_rms = RunningMeanStd((state_dim,))
+        self.v = mlp(state_dim + n_agents + int(time_feature), hidden, 1, out_std=1.0)
+
+    def forward(self, state: torch.Tensor, agent_id: torch.Tensor, hour: torch.Tensor) -> torch.Tensor:
+        if self.use_obs_norm:
+            state = self.state_rms.normalize(state, clip=10.0)
+        parts = [state, nn.functional.one_hot(agent_id, self.n_agents).to(state.dtype)]
+        if self.time_feature:
+            parts.append((hour.to(state.dtype) / HOURS).unsqueeze(-1))
+        return self.v(torch.cat(parts, dim=-1)).squeeze(-1)
+
+
+class MAPPOAgent(nn.Module):
+    """Actor + critic + value normaliser: everything a checkpoint holds besides the config."""
+
+    def __init__(self, obs_dim: int, state_dim: int, n_agents: int, act_dim: int, args: Args):
+        super().__init__()
+        self.obs_dim, self.state_dim, self.n_agents, self.act_dim = obs_dim, state_dim, n_agents, act_dim
+        self.actor = Actor(obs_dim, n_agents, act_dim, args.hidden, args.init_log_std, args.obs_norm)
+        self.critic = Critic(state_dim, n_agents, args.hidden, args.critic_time_feature, args.obs_norm)
+        self.value_rms = RunningMeanStd(())
+        self.use_value_norm = args.value_norm
+
+    def denorm_value(self, v_norm: torch.Tensor) -> torch.Tensor:
+        return self.value_rms.denormalize(v_norm) if self.use_value_norm else v_norm
+
+    def norm_value(self, v: torch.Tensor) -> torch.Tensor:
+        return self.value_rms.normalize(v) if self.use_value_norm else v
+
+
+# ====================================================================================================== GAE, loss
+def compute_gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, next_value: np.ndarray | float,
+                gamma: float, lam: float) -> tuple[np.ndarray, np.ndarray]:
+    """Generalised advantage estimation over the first axis (time).
+
+    ``rewards``, ``values``: shape (T, ...). ``dones[t]`` = 1 when the episode ends after step t (then nothing is
+    bootstrapped past it); ``dones`` broadcasts against ``rewards``. ``next_value``: V of the state after the last
+    step (ignored where ``dones[-1]`` = 1). Returns (advantages, returns = advantages + values).
+
+    δ_t = r_t + γ·(1 − d_t)·V_{t+1} − V_t,   A_t = δ_t + γλ·(1 − d_t)·A_{t+1}.
+    """
+    rewards = np.asarray(rewards, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    dones = np.broadcast_to(np.asarray(dones, dtype=np.float64).reshape(
+        np.shape(dones) + (1,) * (rewards.ndim - np.ndim(dones))), rewards.shape)
+    adv = np.zeros_like(rewards)
+    last = np.zeros_like(rewards[0])
+    for t in reversed(range(rewards.shape[0])):
+        v_next = np.asarray(next_value, dtype=np.float64) if t == rewards.shape[0] - 1 else values[t + 1]
+        nonterminal = 1.0 - dones[t]
+        delta = rewards[t] + gamma * v_next * nonterminal - values[t]
+        last = delta + gamma * lam * nonterminal * last
+        adv[t] = last
+    return adv, adv + values
+
+
+def ppo_losses(new_logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor,
+               new_values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor,
+               clip_coef: float, clip_vloss: bool = True) -> dict[str, torch.Tensor]:
+    """PPO's clipped surrogate (eq. 1-2, as a loss to minimise) and the (clipped) value loss.
+
+    policy_loss = −mean(min(ρ·A, clip(ρ, 1−ε, 1+ε)·A)),  ρ = exp(new_logp − old_logp);
+    value_loss  = ½·mean(max((V − R)², (V_old + clip(V − V_old, −ε, ε) − R)²))  (or ½·mean((V − R)²)).
+    Also returns ``approx_kl`` ((ρ − 1) − log ρ, Schulman's estimator) and ``clipfrac`` (no gradients).
+    """
+    log_ratio = new_logp - old_logp
+    ratio = log_ratio.exp()
+    surr1 = ratio * advantages
+    surr2 = torch.clamp(ratio, 1.0 - clip_coef, 1.0 + clip_coef) * advantages
+    policy_loss = -torch.min(surr1, surr2).mean()
+    if clip_vloss:
+        v_clipped = old_values + torch.clamp(new_values - old_values, -clip_coef, clip_coef)
+        value_loss = 0.5 * torch.max((new_values - returns) ** 2, (v_clipped - returns) ** 2).mean()
+    else:
+        value_loss = 0.5 * ((new_values - returns) ** 2).mean()
+    with torch.no_grad():
+        approx_kl = ((ratio - 1.0) - log_ratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > clip_coef).float().mean()
+    return {"policy_loss": policy_loss, "value_loss": value_loss, "approx_kl": approx_kl, "clipfrac": clipfrac}
+
+
+# ====================================================================================================== training
+@dataclass
+class TrainResult:
+    """What :func:`train` returns: the trained agent, the per-episode learning curve and the throughput."""
+
+    agent: MAPPOAgent
+    args: Args
+    env_info: dict[str, Any]
+    episodes: list[dict[str, float]] = field(default_factory=list)
+    """One row per finished training episode: episode, global_step, return (team, €-scale), cost_eur, soc_violation_rate."""
+    updates: list[dict[str, float]] = field(default_factory=list)
+    """One row per update: losses, kl, clipfrac, std, learning rates, SPS."""
+    env_steps_per_s: float = 0.0
+    """Environment steps per second over the whole run (rollouts and updates)."""
+    wall_s: float = 0.0
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        print(f"warning: device {name!r} requested but CUDA is unavailable; using cpu")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def make_env(args: Args, **env_overrides: Any):
+    """One training environment copy (the preset plus ``reward_mode`` and any overrides)."""
+    return parallel_env(args.env_preset, reward_mode=args.reward_mode, **env_overrides)
+
+
+def _tensorboard_writer(log_dir: str | None):
+    if log_dir is None:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package
+    except Exception:  # noqa: BLE001 - optional dependency
+        return None
+    return SummaryWriter(log_dir)
+
+
+def train(args: Args, log_dir: str | None = None, progress: bool = True,
+          callback: Callable[[dict[str, float]], None] | None = None,
+          env_overrides: dict[str, Any] | None = None) -> TrainResult:
+    """Train MAPPO on the **train split** of ``args.env_preset``.
+
+    ``log_dir``: where ``progress.csv`` (one row per update) and TensorBoard events (if ``tensorboard`` is
+    installed) go; ``None`` writes nothing. ``progress``: a tqdm bar with the live return and day cost.
+    ``callback(row)`` is called after every update with that update's log row.
+    """
+    env_overrides = dict(env_overrides or {})
+    # ------------------------------------------------------------------ seeding
+    torch.manual_seed(args.seed)
+    np.random.seed(args.seed)
+    torch.set_num_threads(max(1, args.torch_threads))
+    if args.torch_deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+    device = _resolve_device(args.device)
+
+    # ------------------------------------------------------------------ environments
+    envs = [make_env(args, **env_overrides) for _ in range(args.num_envs)]
+    env0 = envs[0]
+    agents = list(env0.possible_agents)
+    n_agents = len(agents)
+    obs_dim = int(env0.observation_space(agents[0]).shape[0])
+    act_dim = int(env0.action_space(agents[0]).shape[0])
+    state_dim = int(env0.state_space.shape[0])
+    env_info = {"env_preset": args.env_preset, "reward_mode": args.reward_mode, "env_overrides": env_overrides,
+                "agents": agents, "obs_dim": obs_dim, "state_dim": state_dim, "act_dim": act_dim}
+
+    agent = MAPPOAgent(obs_dim, state_dim, n_agents, act_dim, args).to(device)
+    actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=args.actor_lr, eps=1e-5)
+    critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=args.critic_lr, eps=1e-5)
+
+    E, N, T = args.num_envs, n_agents, args.episodes_per_env * HOURS
+    agent_ids = torch.arange(N, device=device).repeat(E)  # (E*N,) agent index of each flattened row
+
+    # rollout storage, time-major: (T, E, N, ...)
+    b_obs = np.zeros((T, E, N, obs_dim), np.float32)
+    b_state = np.zeros((T, E, state_dim), np.float32)
+    b_hour = np.zeros((T, E), np.int64)
+    b_act = np.zeros((T, E, N, act_dim), np.float32)
+    b_logp = np.zeros((T, E, N), np.float32)
+    b_vnorm = np.zeros((T, E, N), np.float32)   # critic output (normalised units)
+    b_rew = np.zeros((T, E, N), np.float32)
+    b_done = np.zeros((T, E), np.float32)
+
+    writer = _tensorboard_writer(log_dir)
+    csv_file = csv_writer = None
+    if log_dir is not None:
+        os.makedirs(log_dir, exist_ok=True)
+        csv_file = open(os.path.join(log_dir, "progress.csv"), "w", newline="")
+
+    result = TrainResult(agent=agent, args=args, env_info=env_info)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=args.num_updates * args.episodes_per_env * E, unit="ep", desc="MAPPO", dynamic_ncols=True)
+
+    global_step, episode_count, start = 0, 0, time.perf_counter()
+    ep_ret = np.zeros(E)
+    ep_cost = np.zeros(E)
+    ep_viol = np.zeros(E)
+    first_reset = True
+    try:
+        for update in range(1, args.num_updates + 1):
+            frac = 1.0 - (update - 1.0) / args.num_updates if args.anneal_lr else 1.0
+            actor_opt.param_groups[0]["lr"] = frac * args.actor_lr
+            critic_opt.param_groups[0]["lr"] = frac * args.critic_lr
+
+            # -------------------------------------------------------------- rollout: whole days on every copy
+            agent.eval()
+            for t in range(T):
+                if t % HOURS == 0:  # start a new day on every copy (train split only)
+                    for e, env in enumerate(envs):
+                        seed = args.seed * 1000 + e if first_reset else None
+                        env.reset(seed=seed, options={"split": "train"})
+                    first_reset = False
+                    ep_ret[:], ep_cost[:], ep_viol[:] = 0.0, 0.0, 0.0
+                obs_np = np.stack([np.stack([env._obs_for(a) if False else None for a in ()]) if False else
+                                   _agent_obs(env, agents) for env in envs])  # (E, N, obs_dim)
+                state_np = np.stack([env.state() for env in envs])  # (E, state_dim)
+                hour_np = np.full(E, t % HOURS, np.int64)
+                with torch.no_grad():
+                    obs_t = torch.as_tensor(obs_np, device=device).reshape(E * N, obs_dim)
+                    state_t = torch.as_tensor(state_np, device=device).repeat_interleave(N, dim=0)
+                    hour_t = torch.as_tensor(hour_np, device=device).repeat_interleave(N)
+                    dist = agent.actor.dist(obs_t, agent_ids)
+                    action = dist.sample()
+                    logp = dist.log_prob(action).sum(-1)
+                    v_norm = agent.critic(state_t, agent_ids, hour_t)
+                act_np = action.cpu().numpy().reshape(E, N, act_dim)
+                env_act = np.clip(act_np, -1.0, 1.0)
+                b_obs[t], b_state[t], b_hour[t] = obs_np, state_np, hour_np
+                b_act[t], b_logp[t] = act_np, logp.cpu().numpy().reshape(E, N)
+                b_vnorm[t] = v_norm.cpu().numpy().reshape(E, N)
+                for e, env in enumerate(envs):
+                    _, rew, _, trunc, infos = env.step({a: env_act[e, i] for i, a in enumerate(agents)})
+                    b_rew[t, e] = [rew[a] for a in agents]
+                    info0 = infos[agents[0]]
+                    ep_ret[e] += sum(rew.values())
+                    ep_cost[e] += info0["cost_total_eur"]
+                    ep_viol[e] += sum(infos[a]["soc_violation"] > 0 for a in agents)
+                    done = all(trunc.values())
+                    b_done[t, e] = float(done)
+                global_step += E
+                if t % HOURS == HOURS - 1:  # every copy finished its day
+                    for e in range(E):
+                        episode_count += 1
+                        result.episodes.append({"episode": episode_count, "global_step": global_step,
+                                                "return": float(ep_ret[e]), "cost_eur": float(ep_cost[e]),
+                                                "soc_violation_rate": float(ep_viol[e] / (HOURS * N))})
+                    if bar is not None:
+                        recent = result.episodes[-max(E, 50):]
+                        bar.update(E)
+                        bar.set_postfix(ret=f"{np.mean([r['return'] for r in recent]):.0f}",
+                                        cost=f"{np.mean([r['cost_eur'] for r in recent]):.0f}€",
+                                        viol=f"{np.mean([r['soc_violation_rate'] for r in recent]):.3f}")
+
+            # -------------------------------------------------------------- advantages (GAE) in € · reward_scale
+            agent.train()
+            values = agent.denorm_value(torch.as_tensor(b_vnorm, dtype=torch.float64)).numpy()
+            rewards = b_rew.astype(np.float64) * args.reward_scale
+            adv, ret = compute_gae(rewards, values, b_done, 0.0, args.gamma, args.gae_lambda)
+            if args.value_norm:
+                agent.value_rms.update(torch.as_tensor(ret))
+            if args.obs_norm:
+                agent.actor.obs_rms.update(torch.as_tensor(b_obs.reshape(-1, obs_dim)))
+                agent.critic.state_rms.update(torch.as_tensor(b_state.reshape(-1, state_dim)))
+            if args.norm_adv:
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+
+            # flatten to joint transitions (T*E, N, ...): a minibatch takes whole joint transitions
+            B = T * E
+            f_obs = torch.as_tensor(b_obs.reshape(B, N, obs_dim), device=device)
+            f_state = torch.as_tensor(b_state.reshape(B, state_dim), device=device)
+            f_hour = torch.as_tensor(b_hour.reshape(B), device=device)
+            f_act = torch.as_tensor(b_act.reshape(B, N, act_dim), device=device)
+            f_logp = torch.as_tensor(b_logp.reshape(B, N), device=device)
+            f_vold = torch.as_tensor(b_vnorm.reshape(B, N), device=device)
+            f_adv = torch.as_tensor(adv.reshape(B, N), dtype=torch.float32, device=device)
+            f_ret_norm = agent.norm_value(torch.as_tensor(ret.reshape(B, N), device=device)).float()
+
+            stats: dict[str, list[float]] = {"policy_loss": [], "value_loss": [], "entropy": [],
+                                             "approx_kl": [], "clipfrac": []}
+            mb = min(args.minibatch_size, B)
+            for _epoch in range(args.update_epochs):
+                perm = torch.randperm(B, device=device)
+                for lo in range(0, B, mb):
+                    idx = perm[lo:lo + mb]
+                    m = idx.numel()
+                    ids = torch.arange(N, device=device).repeat(m)
+                    dist = agent.actor.dist(f_obs[idx].reshape(m * N, obs_dim), ids)
+                    new_logp = dist.log_prob(f_act[idx].reshape(m * N, act_dim)).sum(-1)
+                    entropy = dist.entropy().sum(-1).mean()
+                    new_v = agent.critic(f_state[idx].repeat_interleave(N, dim=0), ids,
+                                         f_hour[idx].repeat_interleave(N))
+                    losses = ppo_losses(new_logp, f_logp[idx].reshape(-1), f_adv[idx].reshape(-1), new_v,
+                                        f_vold[idx].reshape(-1), f_ret_norm[idx].reshape(-1), args.clip_coef,
+                                        args.clip_vloss)
+                    actor_loss = losses["policy_loss"] - args.ent_coef * entropy
+                    critic_loss = args.vf_coef * losses["value_loss"]
+                    actor_opt.zero_grad(set_to_none=True)
+                    critic_opt.zero_grad(set_to_none=True)
+                    (actor_loss + critic_loss).backward()  # disjoint parameters: each optimiser sees its own
+                    nn.utils.clip_grad_norm_(agent.actor.parameters(), args.max_grad_norm)
+                    nn.utils.clip_grad_norm_(agent.critic.parameters(), args.max_grad_norm)
+                    actor_opt.step()
+                    critic_opt.step()
+                    for k in ("policy_loss", "value_loss", "approx_kl", "clipfrac"):
+                        stats[k].append(float(losses[k]))
+                    stats["entropy"].append(float(entropy))
+
+            # -------------------------------------------------------------- logging
+            elapsed = time.perf_counter() - start
+            recent = result.episodes[-args.episodes_per_env * E:]
+            row = {"update": update, "episodes": episode_count, "global_step": global_step,
+                   "episode_return": float(np.mean([r["return"] for r in recent])),
+                   "episode_cost_eur": float(np.mean([r["cost_eur"] for r in recent])),
+                   "soc_violation_rate": float(np.mean([r["soc_violation_rate"] for r in recent])),
+                   **{k: float(np.mean(v)) for k, v in stats.items()},
+                   "action_std": float(agent.actor.log_std.exp().mean()),
+                   "actor_lr": actor_opt.param_groups[0]["lr"], "critic_lr": critic_opt.param_groups[0]["lr"],
+                   "env_steps_per_s": global_step / elapsed, "wall_s": elapsed}
+            result.updates.append(row)
+            if update % args.log_every_updates == 0 or update == args.num_updates:
+                if csv_file is not None:
+                    if csv_writer is None:
+                        csv_writer = csv.DictWriter(csv_file, fieldnames=list(row))
+                        csv_writer.writeheader()
+                    csv_writer.writerow(row)
+                    csv_file.flush()
+                if writer is not None:
+                    for k, v in row.items():
+                        if k not in ("update", "global_step"):
+                            writer.add_scalar(f"mappo/{k}", v, global_step)
+            if callback is not None:
+                callback(row)
+    finally:
+        if bar is not None:
+            bar.close()
+        if csv_file is not None:
+            csv_file.close()
+        if writer is not None:
+            writer.close()
+        for env in envs:
+            env.close()
+    result.wall_s = time.perf_counter() - start
+    result.env_steps_per_s = global_step / max(result.wall_s, 1e-9)
+    return result
+
+
+def _agent_obs(env, agents: list[str]) -> np.ndarray:
+    """Each agent's current observation, (N, obs_dim): the last ones ``reset``/``step`` returned."""
+    return env.last_observations_for(agents) if hasattr(env, "last_observations_for") else _OBS_CACHE[id(env)]
+
+
+_OBS_CACHE: dict[int, np.ndarray] = {}
