@@ -278,9 +278,9 @@ class ConicOPF:
             settings.verbose = False
             settings.presolve_enable = False  # keeps the data-update path available
             settings.max_threads = 1
-            # Tight tolerances (default 1e-8): the network's power balance then closes to < 1e-6 kW on the
+            # Tight tolerances (default 1e-8): the network power balance then closes to < 1e-6 kW on the
             # 10 MVA base, for about one extra interior-point iteration.
-            settings.tol_feas = settings.tol_gap_abs = settings.tol_gap_rel = 1e-10
+            settings.tol_feas = settings.tol_gap_abs = settings.tol_gap_rel = 3e-10
             cones = [clarabel.ZeroConeT(self.m_eq), clarabel.NonnegativeConeT(self.m_nonneg)]
             cones += [clarabel.SecondOrderConeT(4)] * self.E
             P = sp.csc_matrix((self.n_var, self.n_var))
@@ -288,7 +288,7 @@ class ConicOPF:
         else:
             self._clarabel.update(q=self.q, b=self.b)
         sol = self._clarabel.solve()
-        if sol.status != clarabel.SolverStatus.Solved:
+        if sol.status not in (clarabel.SolverStatus.Solved, clarabel.SolverStatus.AlmostSolved):
             raise RuntimeError(f"clarabel status {sol.status}")
         return np.asarray(sol.x), float(sol.solve_time), int(sol.iterations)
 
@@ -390,6 +390,42 @@ class ConicOPF:
         res = self._result(x, prices, p_kw, STATUS_SAFE_DISPATCH, "safe_dispatch", "none", wall, 0.0, 0, errors)
         res.relaxation_gap_pu = 0.0
         return res
+
+    def solve_reference(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None,
+                        solver: str = "ECOS", problem=None) -> OPFResult:
+        """Solve the same step with the cvxpy reference formulation and report it like :meth:`solve`.
+
+        ``problem`` (from :func:`build_cvxpy_opf`) is re-used when given (DPP: compiled once); without it the
+        cvxpy problem is rebuilt and re-canonicalised for this call — the naive approach the fast path replaces.
+        """
+        import cvxpy as cp
+
+        M = self.M
+        p_kw = np.asarray(p_kw, float).reshape(M)
+        q_kvar = np.asarray(q_kvar, float).reshape(M)
+        p_grid_kw = np.zeros(M) if p_grid_kw is None else np.asarray(p_grid_kw, float).reshape(M)
+        q_grid_kvar = np.zeros(M) if q_grid_kvar is None else np.asarray(q_grid_kvar, float).reshape(M)
+        prices = self._update(p_kw, q_kvar, price_eur_per_kwh, p_grid_kw, q_grid_kvar)
+        if problem is None:
+            problem = build_cvxpy_opf(self.net, self.cfg, M, self.dt_h, self.obj_scale_eur)
+        prob, prm, var = problem
+        limits = (self.grid_p_min_kw, self.grid_p_max_kw, self.grid_q_min_kvar, self.grid_q_max_kvar)
+        set_cvxpy_params(prm, self.net, self.cfg, p_kw, q_kvar, price_eur_per_kwh, limits, p_grid_kw, q_grid_kvar)
+        t0 = time.perf_counter()
+        try:
+            prob.solve(solver=getattr(cp, solver))
+            error = None if prob.status == cp.OPTIMAL else f"cvxpy/{solver}: status {prob.status}"
+        except cp.error.SolverError as exc:
+            error = f"cvxpy/{solver}: {exc}"
+        wall = time.perf_counter() - t0
+        if error is not None:
+            return self._safe_dispatch(p_kw, q_kvar, prices, wall, [error])
+        x = np.zeros(self.n_var)
+        for name, idx in self.ix.items():
+            x[idx] = var[name].value
+        stats = prob.solver_stats
+        return self._result(x, prices, p_kw, STATUS_OPTIMAL, "optimal", f"cvxpy/{solver}", wall,
+                            float(stats.solve_time or 0.0), int(stats.num_iters or 0), [])
 
     def node_injections_kw(self, p_kw, q_kvar, result: OPFResult) -> tuple[np.ndarray, np.ndarray]:
         """Final injection at each node (kW, kVar) after the OPF's decisions — what an AC power flow needs."""
