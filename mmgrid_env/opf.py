@@ -230,8 +230,25 @@ class ConicOPF:
         trade_kw = float(np.sum(np.maximum(np.abs(self.grid_p_min_kw), np.abs(self.grid_p_max_kw))))
         self.obj_scale_eur = max(trade_kw, 1.0) * 0.1 * self.dt_h
         self._q_unit = self.base_kw * self.dt_h / self.obj_scale_eur  # €/kWh → scaled cost per p.u.
+        # Per-step data as affine maps, so that an update is one product and one scatter:
+        # q = q_const + q_of_price @ [w, π⁺, −π⁻, c_q, c_qs]; b[b_rows] = the (8, M) block of injections/headroom.
+        u = self._q_unit
+        self.q_const = np.zeros(self.n_var)
+        self.q_const[ix["cur"]] = cfg.curtailment_cost_eur_per_kwh * u
+        self.q_const[ix["shd"]] = cfg.voll_eur_per_kwh * u
+        self.q_const[ix["svh"]] = self.q_const[ix["svl"]] = cfg.voltage_penalty_eur_per_pu_h * self.dt_h / self.obj_scale_eur
+        self.q_of_price = np.zeros((self.n_var, 5))
+        self.q_of_price[ix["l"], 0] = network.r_pu * u
+        self.q_of_price[ix["dpu"], 1] = u
+        self.q_of_price[ix["dpd"], 2] = u
+        self.q_of_price[np.r_[ix["dqu"], ix["dqd"]], 3] = u
+        self.q_of_price[np.r_[ix["qsu"], ix["qsd"]], 4] = u
+        self.b_rows = np.concatenate([self.row_pbal[mg_node], self.row_qbal[mg_node]]
+                                     + [self.row_ub[k] for k in ("dpu", "dpd", "dqu", "dqd", "cur", "shd")])
+        self._block = np.empty((8, M))
+        # the eight per-microgrid variable blocks dpu … qsd are contiguous in x
+        self._mg_slice = slice(int(ix["dpu"][0]), int(ix["qsd"][-1]) + 1)
         self._clarabel = None
-        self._last_b = None
 
     # ------------------------------------------------------------------ data update
     def _prices(self, price: float):
@@ -242,32 +259,20 @@ class ConicOPF:
         return pi_up, pi_dn, w, c_q, cfg.reactive_slack_cost_factor * c_q
 
     def _update(self, p_kw, q_kvar, price, p_grid_kw, q_grid_kvar):
-        ix, cfg, net = self.ix, self.cfg, self.net
-        pi_up, pi_dn, w, c_q, c_qs = self._prices(price)
-        u = self._q_unit
-        q = self.q
-        q[ix["l"]] = w * net.r_pu * u
-        q[ix["dpu"]] = pi_up * u
-        q[ix["dpd"]] = -pi_dn * u
-        q[ix["dqu"]] = c_q * u
-        q[ix["dqd"]] = c_q * u
-        q[ix["cur"]] = cfg.curtailment_cost_eur_per_kwh * u
-        q[ix["shd"]] = cfg.voll_eur_per_kwh * u
-        q[ix["qsu"]] = c_qs * u
-        q[ix["qsd"]] = c_qs * u
-        q[ix["svh"]] = cfg.voltage_penalty_eur_per_pu_h * self.dt_h / self.obj_scale_eur
-        q[ix["svl"]] = q[ix["svh"]]
-        b, bk = self.b, self.base_kw
-        mg = net.mg_node
-        b[self.row_pbal[mg]] = p_kw / bk
-        b[self.row_qbal[mg]] = q_kvar / bk
-        b[self.row_ub["dpu"]] = np.maximum(self.grid_p_max_kw - p_grid_kw, 0.0) / bk
-        b[self.row_ub["dpd"]] = np.maximum(p_grid_kw - self.grid_p_min_kw, 0.0) / bk
-        b[self.row_ub["dqu"]] = np.maximum(self.grid_q_max_kvar - q_grid_kvar, 0.0) / bk
-        b[self.row_ub["dqd"]] = np.maximum(q_grid_kvar - self.grid_q_min_kvar, 0.0) / bk
-        b[self.row_ub["cur"]] = np.maximum(p_kw, 0.0) / bk
-        b[self.row_ub["shd"]] = np.maximum(-p_kw, 0.0) / bk
-        return pi_up, pi_dn, w, c_q, c_qs
+        prices = self._prices(price)
+        pi_up, pi_dn, w, c_q, c_qs = prices
+        np.dot(self.q_of_price, (w, pi_up, -pi_dn, c_q, c_qs), out=self.q)
+        self.q += self.q_const
+        blk = self._block
+        blk[0], blk[1] = p_kw, q_kvar
+        blk[2] = self.grid_p_max_kw - p_grid_kw
+        blk[3] = p_grid_kw - self.grid_p_min_kw
+        blk[4] = self.grid_q_max_kvar - q_grid_kvar
+        blk[5] = q_grid_kvar - self.grid_q_min_kvar
+        blk[6], blk[7] = p_kw, -p_kw
+        np.maximum(blk[2:], 0.0, out=blk[2:])
+        self.b[self.b_rows] = blk.reshape(-1) / self.base_kw
+        return prices
 
     # ------------------------------------------------------------------ solvers
     def _solve_clarabel(self):
@@ -345,27 +350,23 @@ class ConicOPF:
     def _result(self, x, prices, p_kw, code, status, solver, wall, solver_time, iters, errors) -> OPFResult:
         ix, net, bk, dt, cfg = self.ix, self.net, self.base_kw, self.dt_h, self.cfg
         pi_up, pi_dn, w, c_q, c_qs = prices
-        # Tiny negative values of non-negative variables are solver round-off.
-        g = lambda k: np.maximum(x[ix[k]], 0.0)  # noqa: E731
-        dpu, dpd, dqu, dqd = g("dpu") * bk, g("dpd") * bk, g("dqu") * bk, g("dqd") * bk
-        cur, shd, qsu, qsd = g("cur") * bk, g("shd") * bk, g("qsu") * bk, g("qsd") * bk
+        # Rows dpu, dpd, dqu, dqd, cur, shd, qsu, qsd (kW/kVar); tiny negatives are solver round-off.
+        mg = np.maximum(x[self._mg_slice].reshape(8, self.M), 0.0) * bk
+        coef = np.array((pi_up, -pi_dn, c_q, c_q, cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh, c_qs, c_qs))
+        mg_cost = (coef @ mg) * dt
         v, l, P, Q = x[ix["v"]], np.maximum(x[ix["l"]], 0.0), x[ix["P"]], x[ix["Q"]]
-        edge_loss_kw = net.r_pu * l * bk
-        losses_kw = float(edge_loss_kw.sum())
-        mg_cost = (pi_up * dpu - pi_dn * dpd + c_q * (dqu + dqd) + cfg.voll_eur_per_kwh * shd
-                   + cfg.curtailment_cost_eur_per_kwh * cur + c_qs * (qsu + qsd)) * dt
-        svh, svl = g("svh"), g("svl")
-        v_pen = cfg.voltage_penalty_eur_per_pu_h * float(np.sum(svh + svl)) * dt
+        losses_kw = float(net.r_pu @ l) * bk
+        v_pen = cfg.voltage_penalty_eur_per_pu_h * float(np.maximum(x[ix["svh"]], 0).sum()
+                                                         + np.maximum(x[ix["svl"]], 0).sum()) * dt
         loss_cost = w * losses_kw * dt
-        v_from = np.maximum(v[net.edge_from], 1e-9)
-        gap = float(np.max(l - (P ** 2 + Q ** 2) / v_from)) if self.E else 0.0
-        viol = float(max(np.max(v - cfg.v_max_pu ** 2), np.max(cfg.v_min_pu ** 2 - v), 0.0))
+        gap = float(np.max(l - (P * P + Q * Q) / np.maximum(v[net.edge_from], 1e-9))) if self.E else 0.0
+        viol = max(float(v.max()) - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - float(v.min()), 0.0)
         return OPFResult(
             status=status, status_code=code, solver=solver,
-            objective_eur=float(loss_cost + mg_cost.sum() + v_pen), loss_cost_eur=float(loss_cost),
+            objective_eur=loss_cost + float(mg_cost.sum()) + v_pen, loss_cost_eur=loss_cost,
             voltage_penalty_eur=v_pen, mg_balancing_cost_eur=mg_cost,
-            delta_p_kw=dpu - dpd, delta_q_kvar=dqu - dqd, curtailment_kw=cur, shedding_kw=shd,
-            q_slack_kvar=qsu - qsd, v_pu=np.sqrt(np.maximum(v, 0.0)), p_flow_kw=P * bk, q_flow_kvar=Q * bk,
+            delta_p_kw=mg[0] - mg[1], delta_q_kvar=mg[2] - mg[3], curtailment_kw=mg[4], shedding_kw=mg[5],
+            q_slack_kvar=mg[6] - mg[7], v_pu=np.sqrt(np.maximum(v, 0.0)), p_flow_kw=P * bk, q_flow_kvar=Q * bk,
             current_ka=np.sqrt(l) * net.i_base_ka, losses_kw=losses_kw, relaxation_gap_pu=gap,
             voltage_violation_pu=viol, solve_time_s=wall, solver_time_s=solver_time, iterations=iters,
             errors=errors)
