@@ -280,11 +280,10 @@ class MultiMicrogridEnv(ParallelEnv):
             raise ValueError(f"actions must name exactly the live agents {self.agents}; missing {missing}, "
                              f"unknown {extra}")
         try:
-            act = np.stack([np.asarray(actions[a], dtype=np.float64).reshape(-1) for a in self.possible_agents])
-        except ValueError:
-            shapes = {a: np.shape(actions[a]) for a in self.possible_agents}
-            raise ValueError(f"each action must have shape (4,); got {shapes}") from None
-        if act.shape[1] != 4:
+            act = np.array([actions[a] for a in self.possible_agents], dtype=np.float64)
+        except (ValueError, TypeError):
+            act = None
+        if act is None or act.shape != (len(self.possible_agents), 4):
             shapes = {a: np.shape(actions[a]) for a in self.possible_agents}
             raise ValueError(f"each action must have shape (4,); got {shapes}")
         if not np.all(np.isfinite(act)):
