@@ -93,6 +93,9 @@ class OPFConfig:
     """Curtailment is (almost) free; a tiny price keeps it from being used for nothing."""
     voltage_penalty_eur_per_pu_h: float = 1e5
     """Penalty per p.u. of squared-voltage limit violation and hour (soft voltage limits)."""
+    solver_base_mva: float | None = None
+    """Power base of the solver's own per-unit scaling (numerics only; results are reported in kW and on the
+    feeder's base). ``None``: the sum of the microgrids' largest trade limits, so that flows are O(1)."""
     solver: str = "clarabel"
     """Primary solver of the fast path: ``"clarabel"`` (persistent, updated in place) or ``"ecos"``."""
     fallback_solver: str = "ecos"
@@ -170,6 +173,7 @@ def validate_config(cfg: EnvConfig) -> None:
     _check(o.current_limit_ka is None or o.current_limit_ka > 0, "opf.current_limit_ka must be > 0 or None")
     _check(o.balancing_kappa >= 0, "opf.balancing_kappa must be >= 0")
     _check(o.loss_price_floor_eur_per_kwh > 0, "opf.loss_price_floor_eur_per_kwh must be > 0 (SPEC §4)")
+    _check(o.solver_base_mva is None or o.solver_base_mva > 0, "opf.solver_base_mva must be > 0 or None")
     _check(o.solver in ("clarabel", "ecos"), f"opf.solver must be 'clarabel' or 'ecos', got {o.solver!r}")
     _check(o.fallback_solver in ("clarabel", "ecos", "none"),
            f"opf.fallback_solver must be 'clarabel', 'ecos' or 'none', got {o.fallback_solver!r}")

@@ -22,6 +22,7 @@ and as a cvxpy DPP problem (:func:`build_cvxpy_opf`, the readable reference). Te
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -122,7 +123,17 @@ class ConicOPF:
         if not (len(self.grid_p_min_kw) == len(self.grid_p_max_kw) == len(self.grid_q_min_kvar)
                 == len(self.grid_q_max_kvar) == M):
             raise ValueError(f"trade limits need one value per microgrid ({M})")
-        self.base_kw = network.base_kw
+        # Numerical scaling: the conic problem is written in per unit of its own power base (default: the sum of
+        # the trade limits, 1.3 MVA for the paper preset), so flows are O(1) and l is O(1e-2) instead of O(1e-4)
+        # on the feeder's 10 MVA base. Results are reported in kW/kVar/kA, the relaxation gap in p.u. of the
+        # feeder's base.
+        trade_kw = float(np.sum(np.maximum(np.abs(self.grid_p_min_kw), np.abs(self.grid_p_max_kw))))
+        self.solver_base_mva = float(cfg.solver_base_mva or max(trade_kw, 1.0) / 1000.0)
+        self.base_kw = self.solver_base_mva * 1000.0
+        z_base_ohm = network.base_kv ** 2 / self.solver_base_mva
+        self.r_pu, self.x_pu = network.r_ohm / z_base_ohm, network.x_ohm / z_base_ohm
+        self.i_base_ka = self.solver_base_mva / (math.sqrt(3) * network.base_kv)
+        self._gap_to_feeder_pu = (self.solver_base_mva / network.base_mva) ** 2
         # --- variable layout
         sizes = [("v", n), ("l", E), ("P", E), ("Q", E), ("dpu", M), ("dpd", M), ("dqu", M), ("dqd", M),
                  ("cur", M), ("shd", M), ("qsu", M), ("qsd", M), ("svh", n), ("svl", n)]
@@ -133,7 +144,7 @@ class ConicOPF:
             k += size
         self.n_var = k
         ix = self.ix
-        r, x = network.r_pu, network.x_pu
+        r, x = self.r_pu, self.x_pu
         frm, to = network.edge_from, network.edge_to  # edge e: frm[e] -> to[e] (= e + 1)
         mg_node = network.mg_node
         rows, cols, vals = [], [], []
@@ -201,7 +212,7 @@ class ConicOPF:
             row += 1
         self.l_max_pu = None
         if cfg.current_limit_ka is not None:
-            self.l_max_pu = (cfg.current_limit_ka / network.i_base_ka) ** 2
+            self.l_max_pu = (cfg.current_limit_ka / self.i_base_ka) ** 2
             self.row_lmax = row + np.arange(E)
             for e in range(E):
                 add(row, ix["l"][e], 1.0)
@@ -238,7 +249,7 @@ class ConicOPF:
         self.q_const[ix["shd"]] = cfg.voll_eur_per_kwh * u
         self.q_const[ix["svh"]] = self.q_const[ix["svl"]] = cfg.voltage_penalty_eur_per_pu_h * self.dt_h / self.obj_scale_eur
         self.q_of_price = np.zeros((self.n_var, 5))
-        self.q_of_price[ix["l"], 0] = network.r_pu * u
+        self.q_of_price[ix["l"], 0] = self.r_pu * u
         self.q_of_price[ix["dpu"], 1] = u
         self.q_of_price[ix["dpd"], 2] = u
         self.q_of_price[np.r_[ix["dqu"], ix["dqd"]], 3] = u
@@ -283,9 +294,9 @@ class ConicOPF:
             settings.verbose = False
             settings.presolve_enable = False  # keeps the data-update path available
             settings.max_threads = 1
-            # Tight tolerances (default 1e-8): the network power balance then closes to < 1e-6 kW on the
-            # 10 MVA base, for about one extra interior-point iteration.
-            settings.tol_feas = settings.tol_gap_abs = settings.tol_gap_rel = 3e-10
+            # Tolerance 1e-9 (default 1e-8) on the 1 MVA solver base: the network's power balance closes to
+            # ~1e-9 kW and the relaxation gap stays ~1e-8 p.u. (docs/model.md, "Solving").
+            settings.tol_feas = settings.tol_gap_abs = settings.tol_gap_rel = 1e-9
             cones = [clarabel.ZeroConeT(self.m_eq), clarabel.NonnegativeConeT(self.m_nonneg)]
             cones += [clarabel.SecondOrderConeT(4)] * self.E
             P = sp.csc_matrix((self.n_var, self.n_var))
@@ -351,23 +362,29 @@ class ConicOPF:
         ix, net, bk, dt, cfg = self.ix, self.net, self.base_kw, self.dt_h, self.cfg
         pi_up, pi_dn, w, c_q, c_qs = prices
         # Rows dpu, dpd, dqu, dqd, cur, shd, qsu, qsd (kW/kVar); tiny negatives are solver round-off.
-        mg = np.maximum(x[self._mg_slice].reshape(8, self.M), 0.0) * bk
+        raw = x[self._mg_slice].reshape(8, self.M) * bk
+        mg = np.maximum(raw, 0.0)
+        # Clipping must not open the node balance (it did by up to 3e-6 kW): the net exchanges stay raw
+        # differences and ΔP absorbs what was clipped from curtailment/shedding (≲ 2e-6 kW).
+        clip = mg - raw
         coef = np.array((pi_up, -pi_dn, c_q, c_q, cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh, c_qs, c_qs))
         mg_cost = (coef @ mg) * dt
         v, l, P, Q = x[ix["v"]], np.maximum(x[ix["l"]], 0.0), x[ix["P"]], x[ix["Q"]]
-        losses_kw = float(net.r_pu @ l) * bk
+        losses_kw = float(self.r_pu @ l) * bk
         v_pen = cfg.voltage_penalty_eur_per_pu_h * float(np.maximum(x[ix["svh"]], 0).sum()
                                                          + np.maximum(x[ix["svl"]], 0).sum()) * dt
         loss_cost = w * losses_kw * dt
         gap = float(np.max(l - (P * P + Q * Q) / np.maximum(v[net.edge_from], 1e-9))) if self.E else 0.0
+        gap *= self._gap_to_feeder_pu
         viol = max(float(v.max()) - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - float(v.min()), 0.0)
         return OPFResult(
             status=status, status_code=code, solver=solver,
             objective_eur=loss_cost + float(mg_cost.sum()) + v_pen, loss_cost_eur=loss_cost,
             voltage_penalty_eur=v_pen, mg_balancing_cost_eur=mg_cost,
-            delta_p_kw=mg[0] - mg[1], delta_q_kvar=mg[2] - mg[3], curtailment_kw=mg[4], shedding_kw=mg[5],
-            q_slack_kvar=mg[6] - mg[7], v_pu=np.sqrt(np.maximum(v, 0.0)), p_flow_kw=P * bk, q_flow_kvar=Q * bk,
-            current_ka=np.sqrt(l) * net.i_base_ka, losses_kw=losses_kw, relaxation_gap_pu=gap,
+            delta_p_kw=raw[0] - raw[1] + clip[4] - clip[5], delta_q_kvar=raw[2] - raw[3],
+            curtailment_kw=mg[4], shedding_kw=mg[5], q_slack_kvar=raw[6] - raw[7],
+            v_pu=np.sqrt(np.maximum(v, 0.0)), p_flow_kw=P * bk, q_flow_kvar=Q * bk,
+            current_ka=np.sqrt(l) * self.i_base_ka, losses_kw=losses_kw, relaxation_gap_pu=gap,
             voltage_violation_pu=viol, solve_time_s=wall, solver_time_s=solver_time, iterations=iters,
             errors=errors)
 
@@ -408,10 +425,11 @@ class ConicOPF:
         q_grid_kvar = np.zeros(M) if q_grid_kvar is None else np.asarray(q_grid_kvar, float).reshape(M)
         prices = self._update(p_kw, q_kvar, price_eur_per_kwh, p_grid_kw, q_grid_kvar)
         if problem is None:
-            problem = build_cvxpy_opf(self.net, self.cfg, M, self.dt_h, self.obj_scale_eur)
+            problem = build_cvxpy_opf(self.net, self.cfg, M, self.dt_h, self.obj_scale_eur, self.solver_base_mva)
         prob, prm, var = problem
         limits = (self.grid_p_min_kw, self.grid_p_max_kw, self.grid_q_min_kvar, self.grid_q_max_kvar)
-        set_cvxpy_params(prm, self.net, self.cfg, p_kw, q_kvar, price_eur_per_kwh, limits, p_grid_kw, q_grid_kvar)
+        set_cvxpy_params(prm, self.net, self.cfg, p_kw, q_kvar, price_eur_per_kwh, limits, p_grid_kw, q_grid_kvar,
+                         base_mva=self.solver_base_mva)
         t0 = time.perf_counter()
         try:
             prob.solve(solver=getattr(cp, solver))
@@ -439,20 +457,23 @@ class ConicOPF:
 
 # ---------------------------------------------------------------------- cvxpy reference formulation
 def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, dt_h: float = 1.0,
-                    obj_scale_eur: float = 100.0):
+                    obj_scale_eur: float = 100.0, base_mva: float | None = None):
     """The same OPF as a cvxpy DPP problem (the readable reference).
 
     Returns ``(problem, params, variables)``; parameters: ``p``, ``q`` (per unit, per microgrid), ``dpu_max``,
     ``dpd_max``, ``dqu_max``, ``dqd_max``, ``cur_max``, ``shd_max`` (per unit), and the € prices ``pi_up``,
     ``pi_dn``, ``w``, ``c_q``, ``c_qs`` (per kWh). The objective is in € divided by ``obj_scale_eur`` (order
-    one for the solver, as in the fast path).
+    one for the solver, as in the fast path). Per-unit quantities are on ``base_mva`` (default: the feeder's).
     """
     import cvxpy as cp
 
     n, E = network.n_nodes, network.n_edges
     M = len(network.mg_node) if n_mg is None else n_mg
-    bk = network.base_kw
-    r, x = network.r_pu, network.x_pu
+    base_mva = network.base_mva if base_mva is None else float(base_mva)
+    bk = base_mva * 1000.0
+    z_base_ohm = network.base_kv ** 2 / base_mva
+    r, x = network.r_ohm / z_base_ohm, network.x_ohm / z_base_ohm
+    i_base_ka = base_mva / (math.sqrt(3) * network.base_kv)
     frm, to = network.edge_from, network.edge_to
     # incidence: C_out[j, e] = 1 if edge e leaves j; C_in[j, e] = 1 if edge e enters j; G[j, m] = 1 if mg m at j
     C_out = np.zeros((n, E))
@@ -486,7 +507,7 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
     for e in range(E):  # eq. 3/14
         cons.append(cp.SOC(l[e] + v[frm[e]], cp.hstack([2 * P[e], 2 * Q[e], l[e] - v[frm[e]]])))
     if cfg.current_limit_ka is not None:
-        cons.append(l <= (cfg.current_limit_ka / network.i_base_ka) ** 2)  # eq. 15
+        cons.append(l <= (cfg.current_limit_ka / i_base_ka) ** 2)  # eq. 15
     obj = dt_h * bk * (prm["w"] * (r @ l) + prm["pi_up"] * cp.sum(var["dpu"]) - prm["pi_dn"] * cp.sum(var["dpd"])
                        + prm["c_q"] * cp.sum(var["dqu"] + var["dqd"]) + cfg.voll_eur_per_kwh * cp.sum(var["shd"])
                        + cfg.curtailment_cost_eur_per_kwh * cp.sum(var["cur"])
@@ -494,13 +515,14 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
     obj = obj + dt_h * cfg.voltage_penalty_eur_per_pu_h * cp.sum(svh + svl)
     problem = cp.Problem(cp.Minimize(obj / obj_scale_eur), cons)
     problem._mmgrid_obj_scale_eur = obj_scale_eur  # noqa: SLF001 - read back by solve_cvxpy_opf
+    problem._mmgrid_base_mva = base_mva  # noqa: SLF001
     return problem, prm, var
 
 
 def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_limits, p_grid_kw=None,
-                     q_grid_kvar=None):
+                     q_grid_kvar=None, base_mva: float | None = None):
     """Fill the parameters of :func:`build_cvxpy_opf` for one step (same inputs as :meth:`ConicOPF.solve`)."""
-    bk = network.base_kw
+    bk = (network.base_mva if base_mva is None else float(base_mva)) * 1000.0
     p_kw, q_kvar = np.asarray(p_kw, float), np.asarray(q_kvar, float)
     M = len(p_kw)
     p_grid_kw = np.zeros(M) if p_grid_kw is None else np.asarray(p_grid_kw, float)
@@ -532,19 +554,22 @@ def solve_cvxpy_opf(network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_
     if problem is None:
         problem = build_cvxpy_opf(network, cfg, len(np.atleast_1d(p_kw)), dt_h)
     prob, prm, var = problem
-    set_cvxpy_params(prm, network, cfg, p_kw, q_kvar, price, grid_limits, p_grid_kw, q_grid_kvar)
+    base_mva = prob._mmgrid_base_mva
+    set_cvxpy_params(prm, network, cfg, p_kw, q_kvar, price, grid_limits, p_grid_kw, q_grid_kvar, base_mva)
     kwargs = {"max_iters": 200, "abstol": 1e-9, "reltol": 1e-9, "feastol": 1e-9} if solver == "ECOS" else {}
     prob.solve(solver=getattr(cp, solver), **kwargs)
-    bk = network.base_kw
+    bk = base_mva * 1000.0
+    r_pu = network.r_ohm / (network.base_kv ** 2 / base_mva)
     v, l, P, Q = var["v"].value, var["l"].value, var["P"].value, var["Q"].value
     frm = network.edge_from
+    to_feeder_pu = (base_mva / network.base_mva) ** 2
     return {
         "status": prob.status, "objective_eur": float(prob.value) * prob._mmgrid_obj_scale_eur,
         "delta_p_kw": (var["dpu"].value - var["dpd"].value) * bk,
         "delta_q_kvar": (var["dqu"].value - var["dqd"].value) * bk,
         "curtailment_kw": var["cur"].value * bk, "shedding_kw": var["shd"].value * bk,
         "v_pu": np.sqrt(np.maximum(v, 0)), "p_flow_kw": P * bk, "q_flow_kvar": Q * bk,
-        "losses_kw": float(network.r_pu @ l * bk),
-        "relaxation_gap_pu": float(np.max(l - (P ** 2 + Q ** 2) / v[frm])) if network.n_edges else 0.0,
+        "losses_kw": float(r_pu @ l * bk),
+        "relaxation_gap_pu": float(np.max(l - (P ** 2 + Q ** 2) / v[frm])) * to_feeder_pu if network.n_edges else 0.0,
     }
 
