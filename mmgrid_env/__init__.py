@@ -16,6 +16,7 @@ from .config import ConfigError, EnvConfig, MicrogridConfig, OPFConfig, make_con
 from .data import Dataset, DataError, load_dataset
 from .env import AGENT_INFO_KEYS, SYSTEM_INFO_KEYS, MultiMicrogridEnv
 from .network import Network, NetworkError, build_network
+from .wrappers import DiscreteActions
 from .opf import (STATUS_FALLBACK_SOLVER, STATUS_OPTIMAL, STATUS_SAFE_DISPATCH, ConicOPF, OPFResult,
                   balancing_prices)
 
@@ -25,7 +26,7 @@ __all__ = [
     "parallel_env", "env", "raw_env", "MultiMicrogridEnv", "EnvConfig", "MicrogridConfig", "OPFConfig",
     "make_config", "presets", "ConfigError", "Dataset", "DataError", "load_dataset", "Network", "NetworkError",
     "build_network", "ConicOPF", "OPFResult", "balancing_prices", "STATUS_OPTIMAL", "STATUS_FALLBACK_SOLVER",
-    "STATUS_SAFE_DISPATCH", "AGENT_INFO_KEYS", "SYSTEM_INFO_KEYS", "__version__",
+    "STATUS_SAFE_DISPATCH", "AGENT_INFO_KEYS", "SYSTEM_INFO_KEYS", "__version__", "DiscreteActions",
 ]
 
 
@@ -40,3 +41,21 @@ raw_env = parallel_env
 def env(config: EnvConfig | str | None = None, render_mode: str | None = None, **overrides):
     """The AEC version, through PettingZoo's ``parallel_to_aec``."""
     return parallel_to_aec(parallel_env(config, render_mode=render_mode, **overrides))
+
+# Oracle and evaluation harness. ``mmgrid_env.evaluate`` is the module mmgrid_env.evaluate, callable as the function
+# (``mmgrid_env.evaluate(policy, split="test", oracle=True)``); it is imported on first use so that
+# ``python -m mmgrid_env.evaluate`` runs cleanly.
+from .oracle import (OraclePolicy, OracleResult, actions_from_dispatch, replay, solve_day,  # noqa: E402
+                     solve_days)
+
+__all__ += ["evaluate", "EvaluationResult", "compare_table", "OraclePolicy", "OracleResult",
+            "actions_from_dispatch", "replay", "solve_day", "solve_days"]
+
+
+def __getattr__(name: str):
+    if name in ("evaluate", "EvaluationResult", "compare_table"):
+        import importlib
+
+        mod = importlib.import_module(".evaluate", __name__)
+        return mod if name == "evaluate" else getattr(mod, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

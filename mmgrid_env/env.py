@@ -119,7 +119,8 @@ class MultiMicrogridEnv(ParallelEnv):
     * v0: initial release (SOCP OPF on the reduced ``case33bw`` network, SMARD Luxembourg 2024 data).
     """
 
-    metadata = {"name": "mmgrid_v0", "render_modes": ["ansi"], "is_parallelizable": True, "render_fps": 1}
+    metadata = {"name": "mmgrid_v0", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,
+                "render_fps": 1}
 
     def __init__(self, config: EnvConfig | str | None = None, render_mode: str | None = None, **overrides: Any):
         self.config: EnvConfig = make_config(config, **overrides)
@@ -169,6 +170,7 @@ class MultiMicrogridEnv(ParallelEnv):
         self._t = 0
         self._soc = f.soc_init.copy()
         self.last_step: dict[str, Any] | None = None
+        self._history: list[dict] = []  # the episode's step infos, kept only when rendering figures
         self._obs = np.zeros((n, low.size), np.float32)
         self._agent_key_index = {k: j for j, k in enumerate(AGENT_INFO_KEYS)}
 
@@ -248,6 +250,7 @@ class MultiMicrogridEnv(ParallelEnv):
         self.agents = list(self.possible_agents)
         self._obs = self._observe(day, 0)
         self.last_step = None
+        self._history: list[dict] = []
         observations = {a: self._obs[i] for i, a in enumerate(self.agents)}
         pv, wt, load, q_load, price, _ = self._exogenous(day, 0)
         rows = np.zeros((self.fleet.n, len(AGENT_INFO_KEYS)))
@@ -341,6 +344,8 @@ class MultiMicrogridEnv(ParallelEnv):
         infos = self._infos(rows, system)
         self.last_step = {"rows": rows, "keys": AGENT_INFO_KEYS, "system": system, "opf": opf,
                           "rewards": rew, "actions": act}
+        if self.render_mode in ("rgb_array", "human"):
+            self._history.append(infos)
         if done:
             self.agents = []
         return observations, rewards, terminations, truncations, infos
@@ -368,8 +373,26 @@ class MultiMicrogridEnv(ParallelEnv):
         return self._soc.copy()
 
     def render(self, *args, **kwargs):
-        """``render_mode="ansi"``: a text table of the last step. ``None``: nothing."""
+        """Render according to ``render_mode`` (extra arguments, as some wrappers pass, are ignored).
+
+        ``"ansi"``: a text table of the last step. ``"rgb_array"``: the dispatch figure of the episode so far as an
+        (H, W, 3) uint8 array. ``"human"``: the same figure in a matplotlib window. ``None``: nothing.
+        """
         if self.render_mode is None:
+            return None
+        if self.render_mode in ("rgb_array", "human"):
+            from .render import render_rgb_array
+
+            frame = render_rgb_array(self._history, agents=self.possible_agents)
+            if self.render_mode == "rgb_array":
+                return frame
+            import matplotlib.pyplot as plt
+
+            if getattr(self, "_figure", None) is None or not plt.fignum_exists(self._figure.number):
+                self._figure = plt.figure("mmgrid_v0")
+            self._figure.clf()
+            self._figure.figimage(frame)
+            plt.pause(1.0 / self.metadata["render_fps"])
             return None
         if self.last_step is None:
             return f"mmgrid_v0 day {self._day} hour {self._t}: no step yet"
@@ -385,4 +408,8 @@ class MultiMicrogridEnv(ParallelEnv):
         return "\n".join(lines)
 
     def close(self):
-        pass
+        if getattr(self, "_figure", None) is not None:
+            import matplotlib.pyplot as plt
+
+            plt.close(self._figure)
+            self._figure = None

@@ -8,6 +8,7 @@ node arrays are general so that the full 33-bus feeder (every bus a node, with i
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -116,6 +117,14 @@ class Network:
         return net
 
 
+@functools.lru_cache(maxsize=1)
+def _case33bw():
+    """pandapower's case33bw, built once per process (building it takes ~1 s); only read, never modified."""
+    import pandapower.networks as pn
+
+    return pn.case33bw()
+
+
 def _feeder_tree(net) -> tuple[dict[int, int], dict[int, int]]:
     """Parent bus and the line into each bus, for the in-service radial feeder rooted at the ext_grid bus."""
     root = int(net.ext_grid.bus.iloc[0])
@@ -150,9 +159,7 @@ def build_network(mg_buses: Sequence[int], aggregation: str = "mean", topology: 
     if aggregation not in ("mean", "sum"):
         raise NetworkError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")
     if feeder is None:
-        import pandapower.networks as pn
-
-        feeder = pn.case33bw()
+        feeder = _case33bw()
     parent_bus, via_line = _feeder_tree(feeder)
     buses = [int(b) for b in mg_buses]
     if not buses:

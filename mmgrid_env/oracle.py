@@ -42,7 +42,7 @@ Example::
     from mmgrid_env import make_config, solve_day, replay
     res = solve_day(make_config("paper"), day=4)
     print(res.objective_eur, res.status, res.solve_time_s)
-    env_cost = replay(res).objective_eur   # the same number, measured by the env
+    env_cost = replay(res, "paper").objective_eur   # the same number, measured by the env
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ from .network import build_network
 from .opf import balancing_prices, loss_weight, reactive_cost
 
 __all__ = ["OracleResult", "DayOracle", "solve_day", "solve_days", "config_hash", "actions_from_dispatch",
-           "replay", "OraclePolicy", "ORACLE_VERSION", "DISPATCH_KEYS"]
+           "replay", "ReplayResult", "OraclePolicy", "ORACLE_VERSION", "DISPATCH_KEYS"]
 
 ORACLE_VERSION = "1"
 """Bumped whenever the formulation changes; part of the cache key."""
@@ -461,6 +461,16 @@ def _get_oracle(config, solver: str) -> DayOracle:
     return _ORACLES[key]
 
 
+_MEMO: dict = {}
+"""In-process memo of solved days (config hash, day, soc_init, solver) → result; bounded."""
+
+
+def _remember(key, res) -> None:
+    if len(_MEMO) >= 512:
+        _MEMO.pop(next(iter(_MEMO)))
+    _MEMO[key] = res
+
+
 def _cache_path(cache_dir: str, h: str, day: int, soc_init) -> str:
     tag = "" if soc_init is None else "_soc" + hashlib.sha256(
         np.asarray(soc_init, float).tobytes()).hexdigest()[:8]
@@ -476,7 +486,8 @@ def solve_day(config: EnvConfig | str | None = None, day: int = 0, *, cache_dir:
             ``make_config(...)`` for overrides (``env.config`` is the env's own).
         day: dataset day index (as in ``env.reset(options={"day": day})``).
         cache_dir: if given, the result is read from / written to
-            ``<cache_dir>/oracle_<config_hash>_day<day>.npz`` (computed on demand).
+            ``<cache_dir>/oracle_<config_hash>_day<day>.npz`` (computed on demand). Within one process, solved
+            days are also memoised in memory (the same object is returned again).
         solver: ``"CLARABEL"`` (default) or ``"ECOS"`` (the other is the fallback).
         soc_init: initial SoC per microgrid (default: the config's ``soc_init``).
 
@@ -485,21 +496,35 @@ def solve_day(config: EnvConfig | str | None = None, day: int = 0, *, cache_dir:
         ``dispatch`` (per-hour arrays), ``status``, ``solve_time_s``, ``relaxation_gap_pu``, …
     """
     cfg = make_config(config) if not isinstance(config, EnvConfig) else config
-    path = None
-    if cache_dir is not None:
-        path = _cache_path(cache_dir, config_hash(cfg), day, soc_init)
+    h = config_hash(cfg)
+    memo_key = (h, int(day), None if soc_init is None else tuple(np.asarray(soc_init, float).tolist()),
+                solver.upper())
+    path = None if cache_dir is None else _cache_path(cache_dir, h, day, soc_init)
+    if memo_key in _MEMO:
+        res = _MEMO[memo_key]
+        if path is not None and not os.path.exists(path):
+            _save_atomic(res, path)
+        return res
+    if path is not None:
         if os.path.exists(path):
             try:
-                return OracleResult.load(path)
+                res = OracleResult.load(path)
+                _remember(memo_key, res)
+                return res
             except Exception:  # noqa: BLE001 - a broken cache file is recomputed
                 pass
     res = _get_oracle(cfg, solver).solve(day, soc_init)
+    _remember(memo_key, res)
     if path is not None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = path[:-4] + f".tmp{os.getpid()}.npz"
-        res.save(tmp)
-        os.replace(tmp, path)
+        _save_atomic(res, path)
     return res
+
+
+def _save_atomic(res: OracleResult, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = path[:-4] + f".tmp{os.getpid()}.npz"
+    res.save(tmp)
+    os.replace(tmp, path)
 
 
 def solve_days(config: EnvConfig | str | None = None, days: Sequence[int] | None = None, *,

@@ -1,0 +1,194 @@
+"""Simple reference policies for mmgrid-env: a rule-based dispatcher, the zero action and a random policy.
+
+Every policy here is a callable ``policy(observations) -> actions`` over the env's dicts ``{agent: np.ndarray}``,
+with a ``reset()`` that the evaluation harness (:func:`mmgrid_env.evaluate`) calls at the start of each day. They
+use only the env's public API: the config (to know each microgrid's capacities) and the observations
+o_i = [P_PV/pv_kwp, P_WT/wt_kw, P_load/load_peak, c_t/price_scale, SoC] (eq. 23; extra columns, if the config
+turns them on, are ignored). No policy here looks at future data.
+
+* :class:`RuleBasedPolicy` — per microgrid and hour, in this order:
+
+  1. **Reference price** ``ref`` = mean of the prices observed over the last 24 steps (the window runs across days;
+     before any observation, the current price). Nothing from the future is used.
+  2. **MT** runs where the price covers its marginal cost: P_MT = clip((c − b)/(2a), P_min, P_max) (the MT cost
+     is a·P² + b·P + c₀; c₀ is paid every hour anyway). Off when c ≤ 0.
+  3. **Battery** (SoC kept inside the soft limits [soc_min, soc_max]: never charged above soc_max nor discharged
+     below soc_min):
+
+     * discharge at full power when c > ref·(1 + δ) (δ = ``band``, default 0.2) and c > 0;
+     * charge at full power when c < ref·(1 − δ) or c ≤ 0;
+     * otherwise charge from a local **surplus** (PV + WT + MT > load) when c ≤ ref;
+     * **end of day**: energy left in the battery after the last hour is worth nothing in a one-day episode, so in
+       the last ``end_hours`` steps (default 4; the policy counts its steps since ``reset()``) it stops charging
+       (unless c ≤ 0) and spreads what is left above soc_min evenly over the remaining hours when c > 0.
+
+  4. **Trade** closes the remaining balance with the main grid: P_grid = load − PV − WT − P_MT − P_ESS, clipped to
+     the trade limits (if the deficit exceeds the import limit, the MT is raised first). When c < 0 it buys the
+     maximum instead (the surplus is curtailed by the upper layer at ≈ 0 €/kWh, so each kWh bought earns |c|).
+     Q_grid = Q_load (clipped), so the upper layer has no reactive imbalance to settle.
+
+* :class:`ZeroPolicy` — the all-zero action, i.e. the **middle of every range**: P_MT = (P_MT,min + P_MT,max)/2,
+  P_ESS = (P_dis,max − P_ch,max)/2 (0 for a symmetric battery), P_grid = (P_min + P_max)/2 (0 for symmetric trade
+  limits), Q_grid likewise. The upper layer then settles every imbalance at balancing prices.
+* :class:`RandomPolicy` — uniform actions in [-1, 1]⁴ from its own seeded generator.
+
+Example::
+
+    from mmgrid_env import parallel_env, evaluate
+    from baselines.rule_based import RuleBasedPolicy
+    env = parallel_env()
+    res = evaluate(RuleBasedPolicy(env), split="test")
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+import numpy as np
+
+from mmgrid_env import EnvConfig, make_config
+
+__all__ = ["RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "POLICIES"]
+
+
+def _config_and_agents(env_or_config) -> tuple[EnvConfig, list[str]]:
+    """Accept an env (its ``config`` and ``possible_agents``), an :class:`EnvConfig`, a preset name or None."""
+    if hasattr(env_or_config, "possible_agents") and hasattr(env_or_config, "config"):
+        return env_or_config.config, list(env_or_config.possible_agents)
+    cfg = env_or_config if isinstance(env_or_config, EnvConfig) else make_config(env_or_config)
+    return cfg, [f"mg_{i}" for i in range(len(cfg.microgrids))]
+
+
+class RuleBasedPolicy:
+    """The rule-based dispatcher described in the module docs.
+
+    Args:
+        env_or_config: the env (preferred), an :class:`EnvConfig` or a preset name: gives capacities and agents.
+        band: relative price band δ around the reference price for charging/discharging. The defaults
+            (δ = 0.2, 4 end hours) were picked by a coarse sweep (δ ∈ {0.1, 0.2, 0.3}, end hours ∈ {0, 4, 6}) on
+            every 12th *training* day; the differences were within 1 %.
+        end_hours: steps at the end of the day in which the battery is emptied down to soc_min.
+        window: number of past prices in the reference price.
+    """
+
+    def __init__(self, env_or_config=None, band: float = 0.2, end_hours: int = 4, window: int = 24):
+        cfg, agents = _config_and_agents(env_or_config)
+        self.config, self.agents = cfg, agents
+        self.band, self.end_hours = float(band), int(end_hours)
+        mgs = cfg.microgrids
+        g = lambda name: np.array([float(getattr(m, name)) for m in mgs])  # noqa: E731
+        self.pv_kwp, self.wt_kw, self.load_peak = g("pv_kwp"), g("wt_kw"), g("load_peak_kw")
+        self.tan_phi = np.array([math.tan(math.acos(m.power_factor)) for m in mgs])
+        self.mt_min, self.mt_max = g("mt_min_kw"), g("mt_max_kw")
+        self.mt_a, self.mt_b = g("mt_cost_a_eur_per_kw2h"), g("mt_cost_b_eur_per_kwh")
+        self.e_cap, self.ch_max, self.dis_max = g("ess_capacity_kwh"), g("ess_charge_max_kw"), g("ess_discharge_max_kw")
+        self.eta_c, self.eta_d = g("ess_eta_charge"), g("ess_eta_discharge")
+        self.soc_min, self.soc_max = g("soc_min"), g("soc_max")
+        self.p_min, self.p_max = g("grid_p_min_kw"), g("grid_p_max_kw")
+        self.q_min, self.q_max = g("grid_q_min_kvar"), g("grid_q_max_kvar")
+        self.dt = float(cfg.dt_h)
+        self.steps_per_day = int(cfg.max_episode_steps)
+        self.price_scale = float(cfg.price_scale_eur_per_kwh)
+        self._prices: deque = deque(maxlen=int(window))
+        self._t = 0
+
+    def reset(self) -> None:
+        """Start of a day: the hour counter restarts; the price window (past data) is kept."""
+        self._t = 0
+
+    def setpoints(self, obs: np.ndarray) -> np.ndarray:
+        """Set-points [P_MT, P_ESS, P_grid, Q_grid] (kW, kVar), shape (N, 4), for stacked observations (N, ≥5)."""
+        pv = obs[:, 0] * np.where(self.pv_kwp > 0, self.pv_kwp, 1.0) * (self.pv_kwp > 0)
+        wt = obs[:, 1] * np.where(self.wt_kw > 0, self.wt_kw, 1.0) * (self.wt_kw > 0)
+        load = obs[:, 2] * self.load_peak
+        c = float(obs[0, 3]) * self.price_scale
+        soc = obs[:, 4].astype(float)
+        ref = float(np.mean(self._prices)) if self._prices else c
+        self._prices.append(c)
+        hours_left = max(self.steps_per_day - self._t, 1)
+        self._t += 1
+        # 2. MT at the output where its marginal cost b + 2aP meets the price
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p_mt = np.where(self.mt_a > 0, (c - self.mt_b) / (2 * self.mt_a), np.where(c > self.mt_b, np.inf, 0.0))
+        p_mt = np.clip(p_mt, self.mt_min, self.mt_max)
+        # 3. battery, inside the soft SoC limits
+        dis_room = np.clip(np.minimum(self.dis_max, (soc - self.soc_min) * self.e_cap * self.eta_d / self.dt), 0, None)
+        ch_room = np.clip(np.minimum(self.ch_max, (self.soc_max - soc) * self.e_cap / (self.eta_c * self.dt)), 0, None)
+        surplus = pv + wt + p_mt - load
+        end = hours_left <= self.end_hours
+        if c <= 0:
+            p_ess = -ch_room
+        elif end:
+            p_ess = np.minimum(dis_room, (soc - self.soc_min).clip(0) * self.e_cap * self.eta_d
+                               / (self.dt * hours_left))
+            if c > ref * (1 + self.band):
+                p_ess = dis_room
+        elif c > ref * (1 + self.band):
+            p_ess = dis_room
+        elif c < ref * (1 - self.band):
+            p_ess = -ch_room
+        elif c <= ref:
+            p_ess = -np.minimum(np.clip(surplus, 0, None), ch_room)
+        else:
+            p_ess = np.zeros_like(soc)
+        # 4. trade closes the balance; the MT covers what the import limit cannot
+        deficit = load - pv - wt - p_mt - p_ess
+        extra_mt = np.clip(deficit - self.p_max, 0, None)
+        p_mt = np.minimum(p_mt + extra_mt, self.mt_max)
+        p_grid = np.clip(load - pv - wt - p_mt - p_ess, self.p_min, self.p_max)
+        if c < 0:
+            p_grid = self.p_max.copy()
+        q_grid = np.clip(load * self.tan_phi, self.q_min, self.q_max)
+        return np.stack([p_mt, p_ess, p_grid, q_grid], axis=1)
+
+    def _to_actions(self, setp: np.ndarray) -> np.ndarray:
+        low = np.stack([self.mt_min, -self.ch_max, self.p_min, self.q_min], axis=1)
+        high = np.stack([self.mt_max, self.dis_max, self.p_max, self.q_max], axis=1)
+        span = np.where(high > low, high - low, 1.0)
+        return np.clip(2.0 * (setp - low) / span - 1.0, -1.0, 1.0).astype(np.float32)
+
+    def __call__(self, observations: dict) -> dict:
+        obs = np.stack([np.asarray(observations[a], float) for a in self.agents])
+        act = self._to_actions(self.setpoints(obs))
+        return {a: act[i] for i, a in enumerate(self.agents) if a in observations}
+
+
+class ZeroPolicy:
+    """The all-zero action: the middle of every set-point range (see the module docs)."""
+
+    def __init__(self, env_or_config=None):
+        _, self.agents = _config_and_agents(env_or_config)
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, observations: dict) -> dict:
+        return {a: np.zeros(4, np.float32) for a in observations}
+
+
+class RandomPolicy:
+    """Uniform random actions in [-1, 1]⁴ from ``numpy.random.default_rng(seed)`` (the stream runs on across days)."""
+
+    def __init__(self, env_or_config=None, seed: int = 0):
+        _, self.agents = _config_and_agents(env_or_config)
+        self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        pass
+
+    def __call__(self, observations: dict) -> dict:
+        return {a: self.rng.uniform(-1.0, 1.0, 4).astype(np.float32) for a in observations}
+
+
+POLICIES = {"rule_based": RuleBasedPolicy, "zero": ZeroPolicy, "random": RandomPolicy}
+"""Name → policy class (each takes the env or config as first argument)."""
+
+
+def make_policy(name: str, env_or_config=None, seed: int = 0):
+    """A policy by name: ``"rule_based"``, ``"zero"`` or ``"random"`` (seeded by ``seed``)."""
+    if name not in POLICIES:
+        raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
+    if name == "random":
+        return RandomPolicy(env_or_config, seed=seed)
+    return POLICIES[name](env_or_config)

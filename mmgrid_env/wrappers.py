@@ -1,0 +1,189 @@
+"""Wrappers around the multi-microgrid ParallelEnv.
+
+:class:`DiscreteActions` turns every agent's continuous ``Box(-1, 1, (4,))`` action into a ``Discrete(k)`` choice
+of (MT level, ESS level), for value-based learners (DQN and friends). The main-grid trade and the reactive
+import are not chosen by the agent: they close the microgrid's own balance.
+
+>>> from mmgrid_env import parallel_env, DiscreteActions
+>>> env = DiscreteActions(parallel_env())
+>>> obs, infos = env.reset(seed=0)
+>>> env.action_space("mg_0")
+Discrete(44)
+>>> obs, rew, term, trunc, infos = env.step({a: env.action_space(a).sample() for a in env.agents})
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+__all__ = ["DiscreteActions", "PAPER_ESS_LEVELS"]
+
+PAPER_ESS_LEVELS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 10).tolist())
+"""The paper's ESS levels {-1, -0.8, …, 0.8, 1} as a fraction of rated power (+ discharge, − charge)."""
+
+
+class DiscreteActions(ParallelEnv):
+    """Discrete-action view of a multi-microgrid ParallelEnv (itself a valid PettingZoo ``ParallelEnv``).
+
+    Each agent's action is an integer ``k ∈ {0, …, n_mt·n_ess − 1}`` decoded as
+    ``mt_index, ess_index = divmod(k, n_ess)``:
+
+    * **ESS** ``P_ESS = level · rated``: ``level`` from ``ess_levels`` (default: the paper's {-1, -0.8, …, 1});
+      ``rated`` is the discharge limit for level > 0 and the charge limit for level < 0 (positive = discharge).
+    * **MT** ``P_MT = P_MT,min + f · (P_MT,max − P_MT,min)`` with ``f`` from ``mt_levels`` (default 4 levels
+      {0, 1/3, 2/3, 1}).
+    * **Main-grid trade** closes the remaining balance:
+      ``P_grid = clip(P_load − P_PV − P_WT − P_MT − P_ESS, P_grid,min, P_grid,max)``, so the net injection p_i is 0
+      unless the trade limit binds (then the upper layer settles the rest at balancing prices).
+    * **Reactive import** ``Q_grid = clip(Q_load, Q_min, Q_max)`` with ``Q_load = P_load · tan φ``.
+
+    PV, WT, load and SoC are read from the agent's **current observation** times the capacities (obs columns
+    0–2 and 4, see the env docs), so decoding needs nothing but the observation: the same decoding can run inside a
+    deployed policy (:meth:`continuous_actions`). The ESS may be clipped by the battery's physical SoC limits
+    ([0, 1], hard in the env): with ``ess_feasible=True`` (default) the balance uses the power the battery *can*
+    deliver or absorb at the observed SoC (the same formula as the env's ``ess_step``), so p_i = 0 also when the
+    battery clips; with ``ess_feasible=False`` it uses the requested power (the env then reports the clipped kW in
+    ``info["p_ess_clipped_kw"]`` and the balance is off by that amount). The ESS request itself is always passed on
+    unchanged, so ``info["p_ess_requested_kw"]`` shows what the agent chose. Observations are float32, so the
+    balance closes to about 1e-3 kW.
+
+    Spaces are cached; ``observation_space``, ``state()``, ``state_space``, ``render``, ``close``, rewards and
+    infos pass through. ``levels`` is the ``(k, 2)`` table of (MT fraction, ESS level) per action index.
+
+    Args:
+        env: a :class:`mmgrid_env.MultiMicrogridEnv` (or a wrapper of one exposing ``fleet`` and ``config``).
+        ess_levels: ESS levels in [-1, 1] (fraction of rated power).
+        mt_levels: MT levels in [0, 1] (fraction of the MT range), or an int for that many evenly spaced levels.
+        ess_feasible: close the balance with the SoC-feasible ESS power (True) or the requested one (False).
+    """
+
+    def __init__(self, env: ParallelEnv, ess_levels: Sequence[float] = PAPER_ESS_LEVELS,
+                 mt_levels: Sequence[float] | int = 4, ess_feasible: bool = True):
+        super().__init__()
+        self.env = env
+        base = env.unwrapped
+        if not hasattr(base, "fleet") or not hasattr(base, "config"):
+            raise TypeError("DiscreteActions needs a mmgrid_env environment (with .fleet and .config)")
+        if isinstance(mt_levels, (int, np.integer)):
+            if mt_levels < 1:
+                raise ValueError(f"mt_levels must be >= 1, got {mt_levels}")
+            mt_levels = np.linspace(0.0, 1.0, int(mt_levels)) if mt_levels > 1 else np.zeros(1)
+        self.ess_levels = np.asarray(ess_levels, float).reshape(-1)
+        self.mt_levels = np.asarray(mt_levels, float).reshape(-1)
+        if self.ess_levels.size == 0 or np.any(np.abs(self.ess_levels) > 1):
+            raise ValueError(f"ess_levels must be non-empty and within [-1, 1], got {ess_levels!r}")
+        if self.mt_levels.size == 0 or np.any((self.mt_levels < 0) | (self.mt_levels > 1)):
+            raise ValueError(f"mt_levels must be non-empty and within [0, 1], got {mt_levels!r}")
+        self.ess_feasible = bool(ess_feasible)
+        self.n_actions = self.mt_levels.size * self.ess_levels.size
+        mt_f, ess_l = np.meshgrid(self.mt_levels, self.ess_levels, indexing="ij")
+        self.levels = np.stack([mt_f.reshape(-1), ess_l.reshape(-1)], axis=1)
+        f = base.fleet
+        self._fleet, self._dt = f, float(base.config.dt_h)
+        self._pv_scale = np.where(f.pv_kwp > 0, f.pv_kwp, 1.0)
+        self._wt_scale = np.where(f.wt_kw > 0, f.wt_kw, 1.0)
+        self._index = {a: i for i, a in enumerate(env.possible_agents)}
+        self._act_spaces = {a: spaces.Discrete(self.n_actions) for a in env.possible_agents}
+        self._last_obs: dict[str, np.ndarray] = {}
+        self.metadata = dict(getattr(env, "metadata", {}))
+        self.render_mode = getattr(env, "render_mode", None)
+
+    # ------------------------------------------------------------------ pass-through
+    @property
+    def possible_agents(self) -> list[str]:
+        return self.env.possible_agents
+
+    @property
+    def agents(self) -> list[str]:
+        return self.env.agents
+
+    @property
+    def unwrapped(self) -> ParallelEnv:
+        return self.env.unwrapped
+
+    @property
+    def state_space(self):
+        return self.env.state_space
+
+    @property
+    def fleet(self):
+        return self._fleet
+
+    @property
+    def config(self):
+        return self.env.unwrapped.config
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self.env.observation_space(agent)
+
+    def action_space(self, agent: str) -> spaces.Discrete:
+        return self._act_spaces[agent]
+
+    def state(self) -> np.ndarray:
+        return self.env.state()
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        return self.env.close()
+
+    # ------------------------------------------------------------------ decoding
+    def setpoints(self, observations: dict[str, np.ndarray], actions: dict[str, Any]) -> dict[str, np.ndarray]:
+        """Physical set-points ``[P_MT, P_ESS (requested), P_grid, Q_grid]`` (kW, kVar) per agent."""
+        f, dt = self._fleet, self._dt
+        out = {}
+        for a, k in actions.items():
+            i = self._index[a]
+            k = int(np.asarray(k).reshape(-1)[0]) if np.ndim(k) else int(k)
+            if not 0 <= k < self.n_actions:
+                raise ValueError(f"action of {a} must be an integer in [0, {self.n_actions}), got {k}")
+            o = np.asarray(observations[a], float)
+            pv, wt = o[0] * self._pv_scale[i], o[1] * self._wt_scale[i]
+            load, soc = o[2] * f.load_peak_kw[i], float(np.clip(o[4], 0.0, 1.0))
+            mt_frac, ess_level = self.levels[k]
+            p_mt = f.mt_min_kw[i] + mt_frac * (f.mt_max_kw[i] - f.mt_min_kw[i])
+            p_ess = ess_level * (f.ess_discharge_max_kw[i] if ess_level > 0 else f.ess_charge_max_kw[i])
+            p_ess_bal = p_ess
+            if self.ess_feasible:  # same limits as devices.ess_step
+                e = f.ess_capacity_kwh[i]
+                max_dis = min(f.ess_discharge_max_kw[i], soc * e * f.ess_eta_discharge[i] / dt)
+                max_cha = min(f.ess_charge_max_kw[i], (1.0 - soc) * e / (f.ess_eta_charge[i] * dt))
+                p_ess_bal = float(np.clip(p_ess, -max_cha, max_dis))
+            p_grid = float(np.clip(load - pv - wt - p_mt - p_ess_bal, f.grid_p_min_kw[i], f.grid_p_max_kw[i]))
+            q_grid = float(np.clip(load * f.tan_phi[i], f.grid_q_min_kvar[i], f.grid_q_max_kvar[i]))
+            out[a] = np.array([p_mt, p_ess, p_grid, q_grid])
+        return out
+
+    def continuous_actions(self, observations: dict[str, np.ndarray], actions: dict[str, Any]
+                           ) -> dict[str, np.ndarray]:
+        """The env's continuous actions in [-1, 1]^4 for discrete ``actions`` at ``observations``."""
+        f = self._fleet
+        out = {}
+        for a, sp in self.setpoints(observations, actions).items():
+            i = self._index[a]
+            lo, hi = f.action_low[i], f.action_high[i]
+            span = np.where(hi > lo, hi - lo, 1.0)
+            out[a] = np.clip(2.0 * (sp - lo) / span - 1.0, -1.0, 1.0).astype(np.float32)
+        return out
+
+    # ------------------------------------------------------------------ API
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        if seed is not None:
+            for j, a in enumerate(self.possible_agents):
+                self._act_spaces[a].seed(seed + j)
+        obs, infos = self.env.reset(seed=seed, options=options)
+        self._last_obs = dict(obs)
+        return obs, infos
+
+    def step(self, actions: dict[str, Any]):
+        if not self.agents:
+            raise RuntimeError("step() called on a finished episode: call reset() first")
+        cont = self.continuous_actions(self._last_obs, actions)
+        obs, rew, term, trunc, infos = self.env.step(cont)
+        self._last_obs = dict(obs)
+        return obs, rew, term, trunc, infos

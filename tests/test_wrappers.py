@@ -1,0 +1,84 @@
+"""Tests of mmgrid_env.wrappers.DiscreteActions."""
+
+import numpy as np
+import pytest
+from pettingzoo.test import api_test, parallel_api_test
+from pettingzoo.utils.conversions import parallel_to_aec
+
+from mmgrid_env import DiscreteActions, parallel_env
+from mmgrid_env.wrappers import PAPER_ESS_LEVELS
+
+
+@pytest.fixture(autouse=True)
+def _quiet(recwarn):  # the API tests pass reset options the env warns about
+    yield
+
+
+def test_parallel_api():
+    parallel_api_test(DiscreteActions(parallel_env()), num_cycles=30)
+
+
+def test_aec_api():
+    api_test(parallel_to_aec(DiscreteActions(parallel_env())), num_cycles=30)
+
+
+def test_spaces_cached_and_state_passes_through():
+    base = parallel_env()
+    env = DiscreteActions(base, mt_levels=3)
+    assert env.action_space("mg_0") is env.action_space("mg_0")
+    assert env.action_space("mg_1").n == 3 * 11
+    assert env.observation_space("mg_0") is base.observation_space("mg_0")
+    env.reset(seed=0)
+    np.testing.assert_array_equal(env.state(), base.state())
+    assert env.state_space == base.state_space
+    assert env.unwrapped is base
+    assert np.allclose(PAPER_ESS_LEVELS, np.linspace(-1, 1, 11))
+    assert env.levels.shape == (33, 2)
+
+
+def test_decoding_levels():
+    env = DiscreteActions(parallel_env(), mt_levels=4)
+    obs, _ = env.reset(seed=0, options={"day": 10})
+    f = env.fleet
+    k = 3 * 11 + 10  # MT at max, ESS level +1 (full discharge)
+    sp = env.setpoints(obs, {"mg_0": k})["mg_0"]
+    assert sp[0] == pytest.approx(f.mt_max_kw[0])
+    assert sp[1] == pytest.approx(f.ess_discharge_max_kw[0])
+    sp = env.setpoints(obs, {"mg_1": 0})["mg_1"]  # MT at min, full charge
+    assert sp[0] == pytest.approx(f.mt_min_kw[1])
+    assert sp[1] == pytest.approx(-f.ess_charge_max_kw[1])
+    with pytest.raises(ValueError):
+        env.setpoints(obs, {"mg_0": env.n_actions})
+
+
+def test_grid_closes_balance():
+    env = DiscreteActions(parallel_env())
+    f = env.fleet
+    rng = np.random.default_rng(0)
+    checked = 0
+    for day in (3, 120, 250):
+        obs, _ = env.reset(seed=day, options={"day": day})
+        while env.agents:
+            obs, _, _, _, infos = env.step({a: int(rng.integers(env.n_actions)) for a in env.agents})
+            for i, a in enumerate(env.possible_agents):
+                d = infos[a]
+                unclipped = f.grid_p_min_kw[i] + 1e-6 < d["p_grid_kw"] < f.grid_p_max_kw[i] - 1e-6
+                if unclipped and abs(d["p_ess_clipped_kw"]) < 1e-9:
+                    assert abs(d["p_net_kw"]) < 1e-2, d
+                    checked += 1
+                if unclipped:  # ess_feasible=True: the balance also closes when the SoC clips the battery
+                    assert abs(d["p_net_kw"]) < 1e-2, d
+                q_unclipped = f.grid_q_min_kvar[i] < d["q_grid_kvar"] < f.grid_q_max_kvar[i]
+                if q_unclipped:
+                    assert abs(d["q_net_kvar"]) < 1e-2
+    assert checked > 100
+
+
+def test_requested_mode_is_off_by_the_clip():
+    env = DiscreteActions(parallel_env(), ess_feasible=False)
+    obs, _ = env.reset(seed=0, options={"day": 5, "soc": [0.02, 0.02, 0.02, 0.02]})
+    k = 10  # MT min, full discharge: the nearly empty battery clips
+    _, _, _, _, infos = env.step({a: k for a in env.agents})
+    d = infos["mg_0"]
+    assert d["p_ess_clipped_kw"] > 1.0
+    assert d["p_net_kw"] == pytest.approx(-d["p_ess_clipped_kw"], abs=1e-2)
