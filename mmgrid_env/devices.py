@@ -91,11 +91,11 @@ def ess_step(fleet: Fleet, soc: np.ndarray, p_ess_request_kw: np.ndarray, dt_h: 
     e = fleet.ess_capacity_kwh
     max_dis = np.minimum(fleet.ess_discharge_max_kw, soc * e * fleet.ess_eta_discharge / dt_h)
     max_cha = np.minimum(fleet.ess_charge_max_kw, (1.0 - soc) * e / (fleet.ess_eta_charge * dt_h))
-    p_ess = np.clip(p_ess_request_kw, -max_cha, max_dis)
+    p_ess = np.minimum(np.maximum(p_ess_request_kw, -max_cha), max_dis)  # np.clip's wrapper is slow on tiny arrays
     p_dis = np.maximum(p_ess, 0.0)
     p_cha = np.maximum(-p_ess, 0.0)
     soc_next = soc + (fleet.ess_eta_charge * p_cha - p_dis / fleet.ess_eta_discharge) * dt_h / e
-    return p_ess, p_cha, p_dis, np.clip(soc_next, 0.0, 1.0)  # clip only removes float round-off
+    return p_ess, p_cha, p_dis, np.minimum(np.maximum(soc_next, 0.0), 1.0)  # removes float round-off only
 
 
 def lower_layer_costs(fleet: Fleet, price_eur_per_kwh: float, p_mt_kw, p_grid_kw, p_charge_kw, p_discharge_kw,

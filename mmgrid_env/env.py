@@ -186,33 +186,39 @@ class MultiMicrogridEnv(ParallelEnv):
         return len(self.agents)
 
     # ------------------------------------------------------------------ data
-    def _exogenous(self, day: int, hour: int):
-        """(pv_kw, wt_kw, load_kw, q_load_kvar, price €/kWh, next hour's price) at (day, hour).
+    def _load_day(self, day: int) -> None:
+        """Exogenous series and observation rows of hours 0..24 of ``day``, computed once per episode.
 
-        Hours run on past midnight into the next calendar day (hour 24 = next day's hour 0), clamped at the
-        dataset's last hour.
+        Hour 24 is the next calendar day's hour 0 (the final observation); indices clamp at the dataset's last hour.
         """
-        f, last = self.fleet, self._price_flat.size - 1
-        k = min(day * HOURS_PER_DAY + hour, last)
-        load = f.load_peak_kw * self._load_flat[k]
-        return (f.pv_kwp * self._pv_flat[k], f.wt_kw * self._wind_flat[k], load, load * f.tan_phi,
-                float(self._price_flat[k]), float(self._price_flat[min(k + 1, last)]))
-
-    def _observe(self, day: int, hour: int) -> np.ndarray:
-        cfg, f = self.config, self.fleet
-        pv, wt, load, q_load, price, price_next = self._exogenous(day, hour)
-        cols = [pv / self._pv_scale, wt / self._wt_scale, load / f.load_peak_kw,
-                np.full(f.n, price / cfg.price_scale_eur_per_kwh), self._soc]
+        cfg, f, last = self.config, self.fleet, self._price_flat.size - 1
+        k = np.minimum(day * HOURS_PER_DAY + np.arange(HOURS_PER_DAY + 1), last)
+        load_pu = self._load_flat[k][:, None]
+        self._day_pv_kw = self._pv_flat[k][:, None] * f.pv_kwp
+        self._day_wt_kw = self._wind_flat[k][:, None] * f.wt_kw
+        self._day_load_kw = load_pu * f.load_peak_kw
+        self._day_q_load_kvar = self._day_load_kw * f.tan_phi
+        self._day_price = self._price_flat[k]
+        n, hours = f.n, HOURS_PER_DAY + 1
+        price_obs = np.repeat((self._day_price / cfg.price_scale_eur_per_kwh)[:, None], n, axis=1)
+        cols = [self._day_pv_kw / self._pv_scale, self._day_wt_kw / self._wt_scale, np.repeat(load_pu, n, axis=1),
+                price_obs, np.zeros((hours, n))]  # SoC (column 4) is filled in at each step
         if cfg.obs_q_load:
-            cols.append(q_load / f.load_peak_kw)
+            cols.append(self._day_q_load_kvar / f.load_peak_kw)
         if cfg.obs_price_forecast:
-            cols.append(np.full(f.n, price_next / cfg.price_scale_eur_per_kwh))
+            nxt = self._price_flat[np.minimum(k + 1, last)] / cfg.price_scale_eur_per_kwh
+            cols.append(np.repeat(nxt[:, None], n, axis=1))
         if cfg.obs_hour:
-            h = (hour % HOURS_PER_DAY) * 2.0 * math.pi / HOURS_PER_DAY
-            cols += [np.full(f.n, math.sin(h)), np.full(f.n, math.cos(h))]
-        obs = np.stack(cols, axis=1).astype(np.float32)
+            angle = (np.arange(hours) % HOURS_PER_DAY) * 2.0 * math.pi / HOURS_PER_DAY
+            cols += [np.repeat(np.sin(angle)[:, None], n, axis=1), np.repeat(np.cos(angle)[:, None], n, axis=1)]
         space = self._obs_spaces[self.possible_agents[0]]
-        return np.clip(obs, space.low, space.high)  # guards float32 rounding at the bounds only
+        # clip guards float32 rounding at the bounds only
+        self._day_obs = np.clip(np.stack(cols, axis=2).astype(np.float32), space.low, space.high)
+
+    def _observe(self, hour: int) -> np.ndarray:
+        obs = self._day_obs[hour].copy()
+        obs[:, 4] = self._soc
+        return obs
 
     def state(self) -> np.ndarray:
         core = self._obs[:, : self._core_dim].reshape(-1)
@@ -248,11 +254,13 @@ class MultiMicrogridEnv(ParallelEnv):
                 raise ValueError(f"options['soc'] needs {self.fleet.n} values in [0, 1], got {options['soc']!r}")
         self._day, self._t, self._soc = day, 0, soc.copy()
         self.agents = list(self.possible_agents)
-        self._obs = self._observe(day, 0)
+        self._load_day(day)
+        self._obs = self._observe(0)
         self.last_step = None
         self._history: list[dict] = []
         observations = {a: self._obs[i] for i, a in enumerate(self.agents)}
-        pv, wt, load, q_load, price, _ = self._exogenous(day, 0)
+        pv, wt, load = self._day_pv_kw[0], self._day_wt_kw[0], self._day_load_kw[0]
+        q_load, price = self._day_q_load_kvar[0], float(self._day_price[0])
         rows = np.zeros((self.fleet.n, len(AGENT_INFO_KEYS)))
         k = self._agent_key_index
         rows[:, k["p_pv_kw"]], rows[:, k["p_wt_kw"]], rows[:, k["p_load_kw"]] = pv, wt, load
@@ -266,8 +274,8 @@ class MultiMicrogridEnv(ParallelEnv):
 
     def _infos(self, rows: np.ndarray, system: dict) -> dict:
         out = {}
-        for i, a in enumerate(self.possible_agents):
-            d = dict(zip(AGENT_INFO_KEYS, rows[i].tolist()))
+        for a, row in zip(self.possible_agents, rows.tolist()):
+            d = dict(zip(AGENT_INFO_KEYS, row))
             d.update(system)
             out[a] = d
         return out
@@ -297,12 +305,13 @@ class MultiMicrogridEnv(ParallelEnv):
     def step(self, actions: dict):
         act = self._validate_actions(actions)
         cfg, f, dt = self.config, self.fleet, self.config.dt_h
-        clipped = np.sum((act < -1.0) | (act > 1.0), axis=1).astype(float)
-        act = np.clip(act, -1.0, 1.0)
+        clipped = np.count_nonzero(np.abs(act) > 1.0, axis=1).astype(float)
+        act = np.minimum(np.maximum(act, -1.0), 1.0)
         setp = action_to_setpoints(f, act)
         p_mt, p_ess_req, p_grid, q_grid = setp[:, 0], setp[:, 1], setp[:, 2], setp[:, 3]
         day, hour = self._day, self._t
-        pv, wt, load, q_load, price, _ = self._exogenous(day, hour)
+        pv, wt, load = self._day_pv_kw[hour], self._day_wt_kw[hour], self._day_load_kw[hour]
+        q_load, price = self._day_q_load_kvar[hour], float(self._day_price[hour])
         p_ess, p_cha, p_dis, soc_next = ess_step(f, self._soc, p_ess_req, dt)
         p_net = pv + wt + p_mt + p_ess + p_grid - load  # eq. 9
         q_net = q_grid - q_load  # eq. 10
@@ -324,12 +333,12 @@ class MultiMicrogridEnv(ParallelEnv):
         self._soc = soc_next
         self._t += 1
         done = self._t >= HOURS_PER_DAY
-        self._obs = self._observe(day, self._t)
+        self._obs = self._observe(self._t)
         v_mg = opf.v_pu[self.network.mg_node]
-        rows = np.stack([pv, wt, load, q_load, np.full(n, price), p_mt, p_ess, p_ess_req, p_ess_req - p_ess, p_cha,
+        rows = np.array([pv, wt, load, q_load, np.full(n, price), p_mt, p_ess, p_ess_req, p_ess_req - p_ess, p_cha,
                          p_dis, p_grid, q_grid, p_net, q_net, soc_next, cons, clipped, f_mg, f_mt, f_ess,
                          cost_lower, r_lower, opf.delta_p_kw, opf.delta_q_kvar, opf.curtailment_kw,
-                         opf.shedding_kw, opf.q_slack_kvar, opf.mg_balancing_cost_eur, v_mg], axis=1)
+                         opf.shedding_kw, opf.q_slack_kvar, opf.mg_balancing_cost_eur, v_mg]).T
         system = {
             "hour": float(hour), "day": float(day), "cost_upper_eur": cost_upper, "loss_kw": opf.losses_kw,
             "loss_cost_eur": opf.loss_cost_eur, "voltage_penalty_eur": opf.voltage_penalty_eur,
