@@ -383,7 +383,9 @@ def evaluate(policy: Policy | str, split: str = "test", days: Sequence[int] | No
         try:
             from tqdm.auto import tqdm
 
-            bar = tqdm(day_list, desc=f"evaluate {label}", unit="day", file=sys.stderr)
+            # not a terminal (logs, CI): one final line instead of a redraw per day
+            bar = tqdm(day_list, desc=f"evaluate {label}", unit="day", file=sys.stderr,
+                       mininterval=0.5 if sys.stderr.isatty() else 1e9)
             it = bar
         except ImportError:  # pragma: no cover - tqdm is optional
             pass
