@@ -113,6 +113,8 @@ class MultiMicrogridEnv(ParallelEnv):
     (``reward_mode``, ``alpha``, ``beta``, ``dataset``, ``obs_hour``, …), plus ``microgrid_buses=[...]`` and
     ``opf={...}`` (:class:`OPFConfig` fields such as ``impedance_aggregation``). ``env(...)`` returns the AEC
     version. After each step, ``env.last_step`` holds the step's arrays and the :class:`OPFResult`.
+    ``render_mode``: ``"ansi"`` (a text table of the last step), ``"rgb_array"`` (the dispatch figure of the
+    episode so far, an (H, W, 3) uint8 array), ``"human"`` (the same figure in a matplotlib window), or ``None``.
 
     ## Version History
 
