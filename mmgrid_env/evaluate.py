@@ -70,7 +70,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .config import EnvConfig
-from .env import AGENT_INFO_KEYS, MultiMicrogridEnv
+from .env import MultiMicrogridEnv
 
 __all__ = ["evaluate", "EvaluationResult", "compare_table", "run_day", "ROW_COLUMNS", "main"]
 
@@ -280,7 +280,6 @@ def run_day(env: MultiMicrogridEnv, policy: Policy, day: int, seed: int | None =
         policy.reset()
     agents = list(env.possible_agents)
     a0 = agents[0]
-    k = {key: j for j, key in enumerate(AGENT_INFO_KEYS)}
     acc = dict.fromkeys(("cost_eur", "cost_upper_eur", "loss_cost_eur", "voltage_penalty_eur", "team_return"), 0.0)
     per_agent = {key: 0.0 for key in ("cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_balancing_eur",
                                       "curtailment_kw", "shedding_kw", "soc_violation")}

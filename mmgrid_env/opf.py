@@ -127,8 +127,9 @@ class ConicOPF:
         # the trade limits, 1.3 MVA for the paper preset), so flows are O(1) and l is O(1e-2) instead of O(1e-4)
         # on the feeder's 10 MVA base. Results are reported in kW/kVar/kA, the relaxation gap in p.u. of the
         # feeder's base.
-        trade_kw = float(np.sum(np.maximum(np.abs(self.grid_p_min_kw), np.abs(self.grid_p_max_kw))))
-        self.solver_base_mva = float(cfg.solver_base_mva or max(trade_kw, 1.0) / 1000.0)
+        # Σ of each microgrid's largest trade limit: the scale of both the solver's per-unit base and its objective
+        trade_kw = max(float(np.sum(np.maximum(np.abs(self.grid_p_min_kw), np.abs(self.grid_p_max_kw)))), 1.0)
+        self.solver_base_mva = float(cfg.solver_base_mva or trade_kw / 1000.0)
         self.base_kw = self.solver_base_mva * 1000.0
         z_base_ohm = network.base_kv ** 2 / self.solver_base_mva
         self.r_pu, self.x_pu = network.r_ohm / z_base_ohm, network.x_ohm / z_base_ohm
@@ -238,8 +239,7 @@ class ConicOPF:
             self.b[self.row_lmax] = self.l_max_pu
         self.q = np.zeros(self.n_var)
         # Scale the objective to order one for the solver: € per (typical trade volume at 0.1 €/kWh).
-        trade_kw = float(np.sum(np.maximum(np.abs(self.grid_p_min_kw), np.abs(self.grid_p_max_kw))))
-        self.obj_scale_eur = max(trade_kw, 1.0) * 0.1 * self.dt_h
+        self.obj_scale_eur = trade_kw * 0.1 * self.dt_h
         self._q_unit = self.base_kw * self.dt_h / self.obj_scale_eur  # €/kWh → scaled cost per p.u.
         # Per-step data as affine maps, so that an update is one product and one scatter:
         # q = q_const + q_of_price @ [w, π⁺, −π⁻, c_q, c_qs]; b[b_rows] = the (8, M) block of injections/headroom.

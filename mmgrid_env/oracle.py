@@ -328,7 +328,7 @@ class DayOracle:
         return pv, wt, load, load * f.tan_phi, ds.price_eur_per_kwh[day].astype(float)
 
     def _set_params(self, day: int, soc0: np.ndarray):
-        cfg, f, T, M, bk = self.config, self.fleet, self.T, self.M, self.network.base_kw
+        cfg, M, bk = self.config, self.M, self.network.base_kw
         pv, wt, load, q_load, price = self.exogenous(day)
         par = self.par
         par["base_p"].value = (pv + wt - load) / bk
