@@ -1,6 +1,9 @@
-"""Lower layer: the devices of each microgrid, vectorised over microgrids (SPEC §3).
+"""Lower layer: the devices of each microgrid (SPEC §3).
 
-Plain functions over a :class:`Fleet` (one array per parameter, one entry per microgrid). Signs: P_ESS > 0
+Plain functions over a :class:`Fleet` (one array per parameter, one entry per microgrid), vectorised over
+microgrids and days (the oracle and the baselines use them), and :func:`microgrid_step`, the same equations for
+one microgrid in plain Python floats: the env's step runs it (for a handful of microgrids, scalar Python is
+several times faster than NumPy calls on tiny arrays); a test checks that the two agree. Signs: P_ESS > 0
 discharges (eq. 9), P_grid > 0 buys from the main grid, net injection p_i > 0 is a surplus.
 """
 
@@ -14,7 +17,7 @@ import numpy as np
 from .config import EnvConfig, MicrogridConfig
 
 __all__ = ["Fleet", "fleet_from_config", "action_to_setpoints", "setpoints_to_action", "ess_step",
-           "lower_layer_costs", "soc_penalty", "ACTION_NAMES"]
+           "lower_layer_costs", "soc_penalty", "microgrid_params", "microgrid_step", "STEP_FIELDS", "ACTION_NAMES"]
 
 ACTION_NAMES = ("p_mt", "p_ess", "p_grid", "q_grid")
 """Order of the four action components (eq. 25)."""
@@ -117,3 +120,63 @@ def lower_layer_costs(fleet: Fleet, price_eur_per_kwh: float, p_mt_kw, p_grid_kw
 def soc_penalty(fleet: Fleet, soc: np.ndarray) -> np.ndarray:
     """cons(SoC) = max(0, SoC − SoC_max) + max(0, SoC_min − SoC) (eq. 6, soft)."""
     return np.maximum(soc - fleet.soc_max, 0.0) + np.maximum(fleet.soc_min - soc, 0.0)
+
+
+# ---------------------------------------------------------------------- one microgrid, scalar
+STEP_FIELDS = ("p_mt_kw", "p_ess_kw", "p_ess_requested_kw", "p_charge_kw", "p_discharge_kw", "p_grid_kw",
+               "q_grid_kvar", "p_net_kw", "q_net_kvar", "soc", "soc_violation", "actions_clipped",
+               "cost_grid_eur", "cost_mt_eur", "cost_ess_eur")
+"""Names of the values :func:`microgrid_step` returns, in order (``soc`` is SoC_{t+1})."""
+
+
+def microgrid_params(fleet: Fleet) -> list[tuple]:
+    """Per microgrid, the parameters :func:`microgrid_step` reads, as a tuple of floats."""
+    low, half = fleet.action_low, 0.5 * (fleet.action_high - fleet.action_low)
+    cols = (low[:, 0], half[:, 0], low[:, 1], half[:, 1], low[:, 2], half[:, 2], low[:, 3], half[:, 3],
+            fleet.ess_capacity_kwh, fleet.ess_eta_charge, fleet.ess_eta_discharge, fleet.ess_charge_max_kw,
+            fleet.ess_discharge_max_kw, fleet.mt_cost_a_eur_per_kw2h, fleet.mt_cost_b_eur_per_kwh,
+            fleet.mt_cost_c_eur_per_h, fleet.ess_cost_eur_per_kwh, fleet.soc_min, fleet.soc_max)
+    return [tuple(float(c[i]) for c in cols) for i in range(fleet.n)]
+
+
+def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: float, p_load_kw: float,
+                   q_load_kvar: float, price_eur_per_kwh: float, sell_price_eur_per_kwh: float,
+                   dt_h: float) -> tuple:
+    """One microgrid's lower-layer step: action in [-1, 1]⁴ (clipped) → the values named by :data:`STEP_FIELDS`.
+
+    The same equations as :func:`action_to_setpoints`, :func:`ess_step`, :func:`lower_layer_costs` and
+    :func:`soc_penalty` (eq. 4–10, 19–21, 25), for one microgrid in plain floats. ``params`` comes from
+    :func:`microgrid_params`; ``sell_price_eur_per_kwh`` = c − d·|c| (export discount d).
+    """
+    (lo_mt, w_mt, lo_ess, w_ess, lo_g, w_g, lo_q, w_q, e_kwh, eta_c, eta_d, cha_max, dis_max, mt_a, mt_b, mt_c,
+     ess_cost, soc_min, soc_max) = params
+    a_mt, a_ess, a_g, a_q = action
+    n_clipped = 0
+    if not -1.0 <= a_mt <= 1.0:
+        a_mt, n_clipped = (1.0 if a_mt > 1.0 else -1.0), n_clipped + 1
+    if not -1.0 <= a_ess <= 1.0:
+        a_ess, n_clipped = (1.0 if a_ess > 1.0 else -1.0), n_clipped + 1
+    if not -1.0 <= a_g <= 1.0:
+        a_g, n_clipped = (1.0 if a_g > 1.0 else -1.0), n_clipped + 1
+    if not -1.0 <= a_q <= 1.0:
+        a_q, n_clipped = (1.0 if a_q > 1.0 else -1.0), n_clipped + 1
+    p_mt = lo_mt + (a_mt + 1.0) * w_mt
+    p_req = lo_ess + (a_ess + 1.0) * w_ess
+    p_grid = lo_g + (a_g + 1.0) * w_g
+    q_grid = lo_q + (a_q + 1.0) * w_q
+    # ESS: what the battery can deliver/absorb at this SoC bounds the request (eq. 4–5)
+    max_dis = min(dis_max, soc * e_kwh * eta_d / dt_h)
+    max_cha = min(cha_max, (1.0 - soc) * e_kwh / (eta_c * dt_h))
+    p_ess = min(max(p_req, -max_cha), max_dis)
+    p_dis = p_ess if p_ess > 0.0 else 0.0
+    p_cha = -p_ess if p_ess < 0.0 else 0.0
+    soc_next = soc + (eta_c * p_cha - p_dis / eta_d) * dt_h / e_kwh
+    soc_next = min(max(soc_next, 0.0), 1.0)  # removes float round-off only
+    p_net = p_pv_kw + p_wt_kw + p_mt + p_ess + p_grid - p_load_kw  # eq. 9
+    q_net = q_grid - q_load_kvar  # eq. 10
+    f_mg = (price_eur_per_kwh if p_grid >= 0.0 else sell_price_eur_per_kwh) * p_grid * dt_h
+    f_mt = (mt_a * p_mt ** 2 + mt_b * p_mt + mt_c) * dt_h
+    f_ess = ess_cost * (eta_c * p_cha + p_dis / eta_d) * dt_h
+    cons = max(soc_next - soc_max, 0.0) + max(soc_min - soc_next, 0.0)
+    return (p_mt, p_ess, p_req, p_cha, p_dis, p_grid, q_grid, p_net, q_net, soc_next, cons, float(n_clipped),
+            f_mg, f_mt, f_ess)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Sequence
 
 import numpy as np
@@ -64,7 +65,12 @@ def reactive_cost(price_eur_per_kwh: float, cfg: OPFConfig) -> float:
 
 @dataclass
 class OPFResult:
-    """What one OPF solve reports. Powers in kW/kVar (generation/injection positive), costs in €, voltages p.u."""
+    """What one OPF solve reports. Powers in kW/kVar (generation/injection positive), costs in €, voltages p.u.
+
+    The arrays (per microgrid: ``delta_p_kw`` … ``mg_v_pu``; per node/edge: ``v_pu``, ``p_flow_kw``, ``q_flow_kvar``,
+    ``current_ka``) are built on first access from plain lists: the env's step reads the lists, and building a dozen
+    tiny arrays every step cost more than the rest of the result.
+    """
 
     status: str
     status_code: int
@@ -72,22 +78,9 @@ class OPFResult:
     objective_eur: float
     loss_cost_eur: float
     voltage_penalty_eur: float
-    mg_balancing_cost_eur: np.ndarray
-    """Per microgrid: its ΔP, ΔQ, curtailment, shedding and reactive-slack costs (€)."""
-    delta_p_kw: np.ndarray
-    delta_q_kvar: np.ndarray
-    curtailment_kw: np.ndarray
-    shedding_kw: np.ndarray
-    q_slack_kvar: np.ndarray
-    """Reactive power beyond the ΔQ limits (+ supplied, − absorbed); zero unless the limits bind."""
-    v_pu: np.ndarray
-    """Voltage magnitude per node."""
-    p_flow_kw: np.ndarray
-    q_flow_kvar: np.ndarray
-    current_ka: np.ndarray
     losses_kw: float
     relaxation_gap_pu: float
-    """max over edges of l − (P² + Q²)/v_from, per unit (0 = the relaxation is exact)."""
+    """max over edges of l − (P² + Q²)/v_from, per unit of the feeder's base (0 = the relaxation is exact)."""
     voltage_violation_pu: float
     """Largest violation of the squared-voltage limits (p.u.²), 0 when they hold."""
     solve_time_s: float
@@ -97,6 +90,64 @@ class OPFResult:
     iterations: int = 0
     errors: list = field(default_factory=list)
     """Messages of the solvers that failed before the answer (empty on a normal step)."""
+    mg_lists: tuple = field(default=((),) * 7, repr=False, compare=False)
+    """Per microgrid, as lists of floats: (balancing cost €, ΔP kW, ΔQ kVar, curtailment kW, shedding kW,
+    q-slack kVar, voltage p.u.) — the source of the per-microgrid arrays."""
+    network_lists: tuple = field(default=((), (), (), (), 1.0, 1.0), repr=False, compare=False)
+    """(v, l, P, Q) in the solver's per unit, then its power base (kW) and current base (kA)."""
+
+    @cached_property
+    def mg_balancing_cost_eur(self) -> np.ndarray:
+        """Per microgrid: its ΔP, ΔQ, curtailment, shedding and reactive-slack costs (€)."""
+        return np.array(self.mg_lists[0])
+
+    @cached_property
+    def delta_p_kw(self) -> np.ndarray:
+        """Balancing trade with the main grid decided by the OPF (kW, + buys)."""
+        return np.array(self.mg_lists[1])
+
+    @cached_property
+    def delta_q_kvar(self) -> np.ndarray:
+        """Reactive balancing trade (kVar, + imports)."""
+        return np.array(self.mg_lists[2])
+
+    @cached_property
+    def curtailment_kw(self) -> np.ndarray:
+        return np.array(self.mg_lists[3])
+
+    @cached_property
+    def shedding_kw(self) -> np.ndarray:
+        return np.array(self.mg_lists[4])
+
+    @cached_property
+    def q_slack_kvar(self) -> np.ndarray:
+        """Reactive power beyond the ΔQ limits (+ supplied, − absorbed); zero unless the limits bind."""
+        return np.array(self.mg_lists[5])
+
+    @cached_property
+    def mg_v_pu(self) -> np.ndarray:
+        """Voltage magnitude at each microgrid's node (p.u.)."""
+        return np.array(self.mg_lists[6])
+
+    @cached_property
+    def v_pu(self) -> np.ndarray:
+        """Voltage magnitude per node (p.u.)."""
+        return np.sqrt(np.maximum(np.array(self.network_lists[0], float), 0.0))
+
+    @cached_property
+    def p_flow_kw(self) -> np.ndarray:
+        """Sending-end active power flow per edge (kW)."""
+        return np.array(self.network_lists[2], float) * self.network_lists[4]
+
+    @cached_property
+    def q_flow_kvar(self) -> np.ndarray:
+        """Sending-end reactive power flow per edge (kVar)."""
+        return np.array(self.network_lists[3], float) * self.network_lists[4]
+
+    @cached_property
+    def current_ka(self) -> np.ndarray:
+        """Current magnitude per edge (kA)."""
+        return np.sqrt(np.array(self.network_lists[1], float)) * self.network_lists[5]
 
 
 class ConicOPF:
@@ -260,6 +311,23 @@ class ConicOPF:
         # the eight per-microgrid variable blocks dpu … qsd are contiguous in x
         self._mg_slice = slice(int(ix["dpu"][0]), int(ix["qsd"][-1]) + 1)
         self._clarabel = None
+        # Per-step work on a handful of numbers is faster in plain Python than in NumPy (a NumPy call costs ~1 µs
+        # whatever its size): scalar copies of what _update and _result read every step.
+        self._r_list = self.r_pu.tolist()
+        self._edge_from = [int(i) for i in frm]
+        self._mg_node = [int(j) for j in mg_node]
+        self._v0, self._l0, self._P0, self._Q0 = (int(ix[k][0]) for k in ("v", "l", "P", "Q"))
+        self._svh0, self._svl0 = int(ix["svh"][0]), int(ix["svl"][0])
+        self._v_lo_sq, self._v_hi_sq = cfg.v_min_pu ** 2, cfg.v_max_pu ** 2
+        # b[b_rows] = max(_b_map @ [p, q, P_grid, Q_grid] + _b_offset, 0) on all but the first 2M rows (p, q):
+        # rows p, q, ΔP⁺ ≤ P_max − P_grid, ΔP⁻ ≤ P_grid − P_min, ΔQ⁺ ≤ Q_max − Q_grid, ΔQ⁻ ≤ Q_grid − Q_min,
+        # curtailment ≤ max(p, 0), shedding ≤ max(−p, 0); everything in the solver's per unit
+        eye, zero, u = np.eye(M), np.zeros((M, M)), 1.0 / self.base_kw
+        self._b_map = u * np.block([
+            [eye, zero, zero, zero], [zero, eye, zero, zero], [zero, zero, -eye, zero], [zero, zero, eye, zero],
+            [zero, zero, zero, -eye], [zero, zero, zero, eye], [eye, zero, zero, zero], [-eye, zero, zero, zero]])
+        self._b_offset = u * np.concatenate([np.zeros(2 * M), self.grid_p_max_kw, -self.grid_p_min_kw,
+                                             self.grid_q_max_kvar, -self.grid_q_min_kvar, np.zeros(2 * M)])
 
     # ------------------------------------------------------------------ data update
     def _prices(self, price: float):
@@ -269,20 +337,19 @@ class ConicOPF:
         c_q = reactive_cost(price, cfg)
         return pi_up, pi_dn, w, c_q, cfg.reactive_slack_cost_factor * c_q
 
-    def _update(self, p_kw, q_kvar, price, p_grid_kw, q_grid_kvar):
+    def _update(self, p_kw: list, q_kvar: list, price: float, p_grid_kw: list, q_grid_kvar: list):
+        """Write the step's cost vector and right-hand side (inputs: lists of M floats)."""
         prices = self._prices(price)
         pi_up, pi_dn, w, c_q, c_qs = prices
         np.dot(self.q_of_price, (w, pi_up, -pi_dn, c_q, c_qs), out=self.q)
         self.q += self.q_const
-        blk = self._block
-        blk[0], blk[1] = p_kw, q_kvar
-        blk[2] = self.grid_p_max_kw - p_grid_kw
-        blk[3] = p_grid_kw - self.grid_p_min_kw
-        blk[4] = self.grid_q_max_kvar - q_grid_kvar
-        blk[5] = q_grid_kvar - self.grid_q_min_kvar
-        blk[6], blk[7] = p_kw, -p_kw
-        np.maximum(blk[2:], 0.0, out=blk[2:])
-        self.b[self.b_rows] = blk.reshape(-1) / self.base_kw
+        # b rows in b_rows order: p, q, the trade headroom left for ΔP⁺, ΔP⁻, ΔQ⁺, ΔQ⁻, then the curtailment and
+        # shedding bounds; in the solver's per unit
+        # (one affine map of [p, q, P_grid, Q_grid], the bounds clipped at 0)
+        vals = self._b_map @ np.array(p_kw + q_kvar + p_grid_kw + q_grid_kvar) + self._b_offset
+        tail = vals[2 * self.M:]
+        np.maximum(tail, 0.0, out=tail)
+        self.b[self.b_rows] = vals
         return prices
 
     # ------------------------------------------------------------------ solvers
@@ -306,7 +373,7 @@ class ConicOPF:
         sol = self._clarabel.solve()
         if sol.status not in (clarabel.SolverStatus.Solved, clarabel.SolverStatus.AlmostSolved):
             raise RuntimeError(f"clarabel status {sol.status}")
-        return np.asarray(sol.x), float(sol.solve_time), int(sol.iterations)
+        return sol.x, float(sol.solve_time), int(sol.iterations)  # x: a list of floats, what _result reads
 
     def _solve_ecos(self):
         import ecos
@@ -326,6 +393,14 @@ class ConicOPF:
         return self._solve_clarabel() if name == "clarabel" else self._solve_ecos()
 
     # ------------------------------------------------------------------ public
+    def _as_list(self, values, name: str) -> list:
+        if type(values) is list and len(values) == self.M:  # the env's path: already M floats
+            return values
+        arr = np.asarray(values, float)
+        if arr.size != self.M:
+            raise ValueError(f"{name} needs {self.M} values (one per microgrid), got shape {arr.shape}")
+        return arr.reshape(-1).tolist()
+
     def solve(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None) -> OPFResult:
         """Solve for one step.
 
@@ -335,11 +410,10 @@ class ConicOPF:
             p_grid_kw, q_grid_kvar: the lower layer's own trade with the main grid (default 0); the OPF's
                 ΔP/ΔQ use the rest of each microgrid's trade limits.
         """
-        p_kw = np.asarray(p_kw, float).reshape(self.M)
-        q_kvar = np.asarray(q_kvar, float).reshape(self.M)
-        p_grid_kw = np.zeros(self.M) if p_grid_kw is None else np.asarray(p_grid_kw, float).reshape(self.M)
-        q_grid_kvar = np.zeros(self.M) if q_grid_kvar is None else np.asarray(q_grid_kvar, float).reshape(self.M)
-        prices = self._update(p_kw, q_kvar, price_eur_per_kwh, p_grid_kw, q_grid_kvar)
+        p_kw, q_kvar = self._as_list(p_kw, "p_kw"), self._as_list(q_kvar, "q_kvar")
+        p_grid_kw = [0.0] * self.M if p_grid_kw is None else self._as_list(p_grid_kw, "p_grid_kw")
+        q_grid_kvar = [0.0] * self.M if q_grid_kvar is None else self._as_list(q_grid_kvar, "q_grid_kvar")
+        prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar)
         errors = []
         t0 = time.perf_counter()
         chain = [self.cfg.solver]
@@ -348,49 +422,61 @@ class ConicOPF:
         for k, name in enumerate(chain):
             try:
                 x, solver_time, iters = self._run(name)
-                if not np.all(np.isfinite(x)):
+                if not math.isfinite(sum(x)) and not all(map(math.isfinite, x)):  # sum first: one C call
                     raise RuntimeError(f"{name} returned non-finite values")
             except Exception as exc:  # noqa: BLE001 - any solver trouble falls back, never raises
                 errors.append(f"{name}: {exc}")
                 continue
             code = STATUS_OPTIMAL if k == 0 else STATUS_FALLBACK_SOLVER
-            return self._result(x, prices, p_kw, code, "optimal", name, time.perf_counter() - t0,
+            return self._result(x, prices, code, "optimal", name, time.perf_counter() - t0,
                                 solver_time, iters, errors)
         return self._safe_dispatch(p_kw, q_kvar, prices, time.perf_counter() - t0, errors)
 
-    def _result(self, x, prices, p_kw, code, status, solver, wall, solver_time, iters, errors) -> OPFResult:
-        ix, net, bk, dt, cfg = self.ix, self.net, self.base_kw, self.dt_h, self.cfg
+    def _result(self, x, prices, code, status, solver, wall, solver_time, iters, errors) -> OPFResult:
+        """The result record from the solver's solution ``x`` (solver per unit), in plain Python floats."""
+        if type(x) is not list:
+            x = np.asarray(x, float).tolist()
+        M, bk, dt, cfg = self.M, self.base_kw, self.dt_h, self.cfg
         pi_up, pi_dn, w, c_q, c_qs = prices
-        # Rows dpu, dpd, dqu, dqd, cur, shd, qsu, qsd (kW/kVar); tiny negatives are solver round-off.
-        raw = x[self._mg_slice].reshape(8, self.M) * bk
-        mg = np.maximum(raw, 0.0)
-        # Clipping must not open the node balance (it did by up to 3e-6 kW): the net exchanges stay raw
-        # differences and ΔP absorbs what was clipped from curtailment/shedding (≲ 2e-6 kW).
-        clip = mg - raw
-        coef = np.array((pi_up, -pi_dn, c_q, c_q, cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh, c_qs, c_qs))
-        mg_cost = (coef @ mg) * dt
-        v, l, P, Q = x[ix["v"]], np.maximum(x[ix["l"]], 0.0), x[ix["P"]], x[ix["Q"]]
-        losses_kw = float(self.r_pu @ l) * bk
-        v_pen = cfg.voltage_penalty_eur_per_pu_h * float(np.maximum(x[ix["svh"]], 0).sum()
-                                                         + np.maximum(x[ix["svl"]], 0).sum()) * dt
+        c_cur, c_shd = cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh
+        s = self._mg_slice.start
+        # Blocks dpu, dpd, dqu, dqd, cur, shd, qsu, qsd (kW/kVar): microgrid m's value of block k is x[s + k·M + m].
+        mg = x[s: s + 8 * M]
+        cost, dp, dq, cur, shd, qsl = [], [], [], [], [], []
+        for u_p, d_p, u_q, d_q, c_raw, s_raw, u_s, d_s in zip(*[mg[k * M: (k + 1) * M] for k in range(8)]):
+            u_p, d_p, u_q, d_q, c_raw, s_raw, u_s, d_s = (u_p * bk, d_p * bk, u_q * bk, d_q * bk, c_raw * bk,
+                                                          s_raw * bk, u_s * bk, d_s * bk)
+            # Tiny negatives are solver round-off: costs and the reported curtailment/shedding use clipped values,
+            # and ΔP absorbs what was clipped so the node balance stays closed (it opened by up to 3e-6 kW).
+            c_m = c_raw if c_raw > 0.0 else 0.0
+            s_m = s_raw if s_raw > 0.0 else 0.0
+            dp.append(u_p - d_p + (c_m - c_raw) - (s_m - s_raw))
+            dq.append(u_q - d_q)
+            cur.append(c_m)
+            shd.append(s_m)
+            qsl.append(u_s - d_s)
+            cost.append((pi_up * max(u_p, 0.0) - pi_dn * max(d_p, 0.0) + c_q * (max(u_q, 0.0) + max(d_q, 0.0))
+                         + c_cur * c_m + c_shd * s_m + c_qs * (max(u_s, 0.0) + max(d_s, 0.0))) * dt)
+        n, E = self.n, self.E
+        v = x[self._v0: self._v0 + n]
+        l = [val if val > 0.0 else 0.0 for val in x[self._l0: self._l0 + E]]
+        P, Q = x[self._P0: self._P0 + E], x[self._Q0: self._Q0 + E]
+        v_mg = [math.sqrt(max(v[j], 0.0)) for j in self._mg_node]
+        losses_kw = sum([r * le for r, le in zip(self._r_list, l)]) * bk
+        slack = sum([val for val in x[self._svh0: self._svh0 + 2 * n] if val > 0.0])  # svh, svl are adjacent
+        v_pen = cfg.voltage_penalty_eur_per_pu_h * slack * dt
         loss_cost = w * losses_kw * dt
-        gap = float(np.max(l - (P * P + Q * Q) / np.maximum(v[net.edge_from], 1e-9))) if self.E else 0.0
-        gap *= self._gap_to_feeder_pu
-        viol = max(float(v.max()) - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - float(v.min()), 0.0)
-        return OPFResult(
-            status=status, status_code=code, solver=solver,
-            objective_eur=loss_cost + float(mg_cost.sum()) + v_pen, loss_cost_eur=loss_cost,
-            voltage_penalty_eur=v_pen, mg_balancing_cost_eur=mg_cost,
-            delta_p_kw=raw[0] - raw[1] + clip[4] - clip[5], delta_q_kvar=raw[2] - raw[3],
-            curtailment_kw=mg[4], shedding_kw=mg[5], q_slack_kvar=raw[6] - raw[7],
-            v_pu=np.sqrt(np.maximum(v, 0.0)), p_flow_kw=P * bk, q_flow_kvar=Q * bk,
-            current_ka=np.sqrt(l) * self.i_base_ka, losses_kw=losses_kw, relaxation_gap_pu=gap,
-            voltage_violation_pu=viol, solve_time_s=wall, solver_time_s=solver_time, iterations=iters,
-            errors=errors)
+        gap = max([le - (p * p + q * q) / max(v[i], 1e-9) for le, p, q, i in zip(l, P, Q, self._edge_from)],
+                  default=0.0) * self._gap_to_feeder_pu
+        viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
+        return OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
+                         viol, wall, solver_time, iters, errors, (cost, dp, dq, cur, shd, qsl, v_mg),
+                         (v, l, P, Q, bk, self.i_base_ka))
 
     def _safe_dispatch(self, p_kw, q_kvar, prices, wall, errors) -> OPFResult:
         """Last resort: settle each imbalance with the main grid within headroom, then curtail or shed."""
         bk = self.base_kw
+        p_kw, q_kvar = np.asarray(p_kw, float), np.asarray(q_kvar, float)
         ub = {k: self.b[self.row_ub[k]] * bk for k in self.row_ub}
         dpu = np.minimum(np.maximum(-p_kw, 0.0), ub["dpu"])
         dpd = np.minimum(np.maximum(p_kw, 0.0), ub["dpd"])
@@ -405,7 +491,7 @@ class ConicOPF:
                           ("qsu", qsu), ("qsd", qsd)):
             x[self.ix[name]] = val / bk
         x[self.ix["v"]] = 1.0
-        res = self._result(x, prices, p_kw, STATUS_SAFE_DISPATCH, "safe_dispatch", "none", wall, 0.0, 0, errors)
+        res = self._result(x, prices, STATUS_SAFE_DISPATCH, "safe_dispatch", "none", wall, 0.0, 0, errors)
         res.relaxation_gap_pu = 0.0
         return res
 
@@ -419,11 +505,10 @@ class ConicOPF:
         import cvxpy as cp
 
         M = self.M
-        p_kw = np.asarray(p_kw, float).reshape(M)
-        q_kvar = np.asarray(q_kvar, float).reshape(M)
-        p_grid_kw = np.zeros(M) if p_grid_kw is None else np.asarray(p_grid_kw, float).reshape(M)
-        q_grid_kvar = np.zeros(M) if q_grid_kvar is None else np.asarray(q_grid_kvar, float).reshape(M)
-        prices = self._update(p_kw, q_kvar, price_eur_per_kwh, p_grid_kw, q_grid_kvar)
+        p_kw, q_kvar = self._as_list(p_kw, "p_kw"), self._as_list(q_kvar, "q_kvar")
+        p_grid_kw = [0.0] * M if p_grid_kw is None else self._as_list(p_grid_kw, "p_grid_kw")
+        q_grid_kvar = [0.0] * M if q_grid_kvar is None else self._as_list(q_grid_kvar, "q_grid_kvar")
+        prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar)
         if problem is None:
             problem = build_cvxpy_opf(self.net, self.cfg, M, self.dt_h, self.obj_scale_eur, self.solver_base_mva)
         prob, prm, var = problem
@@ -443,7 +528,7 @@ class ConicOPF:
         for name, idx in self.ix.items():
             x[idx] = var[name].value
         stats = prob.solver_stats
-        return self._result(x, prices, p_kw, STATUS_OPTIMAL, "optimal", f"cvxpy/{solver}", wall,
+        return self._result(x, prices, STATUS_OPTIMAL, "optimal", f"cvxpy/{solver}", wall,
                             float(stats.solve_time or 0.0), int(stats.num_iters or 0), [])
 
     def node_injections_kw(self, p_kw, q_kvar, result: OPFResult) -> tuple[np.ndarray, np.ndarray]:
