@@ -87,7 +87,9 @@ class Args:
     time_feature: bool = True
     reward_mode: str = "individual"
     reward_scale: float = 0.1
-    mt_levels: int = 4
+    mt_levels: int | str = 4
+    """MT levels of :class:`mmgrid_env.DiscreteActions`: an int, or ``"merit_order"`` (MT at its price-optimal
+    set-point; the agent then chooses only the ESS level)"""
     max_grad_norm: float = 10.0
     config: str = "paper"
     """env preset"""
@@ -288,15 +290,19 @@ def make_env(args: Args, **overrides):
 
 
 def features(obs: np.ndarray, t: int, time_feature: bool) -> np.ndarray:
-    """Network input for stacked observations (N, ≥5): the 5 core features [+ hour fraction t/24]."""
-    x = np.asarray(obs, np.float32)[:, :5]
+    """Network input for stacked observations (N, obs_dim): every observation column [+ hour fraction t/24].
+
+    With the ``"paper"`` preset that is eq. 23's five features; presets with extras (``"paper_extras"``: Q_load,
+    next hour's price, sin/cos of the hour) add theirs.
+    """
+    x = np.asarray(obs, np.float32)
     if time_feature:
         x = np.concatenate([x, np.full((x.shape[0], 1), t / 24.0, np.float32)], axis=1)
     return x
 
 
-def n_features(args: Args) -> int:
-    return 5 + int(args.time_feature)
+def n_features(args: Args, obs_dim: int = 5) -> int:
+    return obs_dim + int(args.time_feature)
 
 
 # ============================================================================ training
@@ -328,7 +334,8 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
     torch.manual_seed(args.seed)
     env = make_env(args)
     agents = env.possible_agents
-    n_agents, n_act, n_feat = len(agents), int(env.action_space(agents[0]).n), n_features(args)
+    n_agents, n_act = len(agents), int(env.action_space(agents[0]).n)
+    n_feat = n_features(args, int(env.observation_space(agents[0]).shape[0]))
     qnet = QNetwork(n_feat, n_agents, n_act, args.attention, args.hidden, args.d_model, args.n_heads)
     target = QNetwork(n_feat, n_agents, n_act, args.attention, args.hidden, args.d_model, args.n_heads)
     target.load_state_dict(qnet.state_dict())

@@ -35,7 +35,9 @@ class DiscreteActions(ParallelEnv):
     * **ESS** ``P_ESS = level · rated``: ``level`` from ``ess_levels`` (default: the paper's {-1, -0.8, …, 1});
       ``rated`` is the discharge limit for level > 0 and the charge limit for level < 0 (positive = discharge).
     * **MT** ``P_MT = P_MT,min + f · (P_MT,max − P_MT,min)`` with ``f`` from ``mt_levels`` (default 4 levels
-      {0, 1/3, 2/3, 1}).
+      {0, 1/3, 2/3, 1}). ``mt_levels="merit_order"`` instead runs the MT where the observed price covers its
+      marginal cost, ``P_MT = clip((c − b)/(2a), P_MT,min, P_MT,max)`` (cost a·P² + b·P + c₀, as the rule-based
+      baseline does), and leaves the agent only the ESS choice: ``k = ess_index``.
     * **Main-grid trade** closes the remaining balance:
       ``P_grid = clip(P_load − P_PV − P_WT − P_MT − P_ESS, P_grid,min, P_grid,max)``, so the net injection p_i is 0
       unless the trade limit binds (then the upper layer settles the rest at balancing prices).
@@ -57,7 +59,8 @@ class DiscreteActions(ParallelEnv):
     Args:
         env: a :class:`mmgrid_env.MultiMicrogridEnv` (or a wrapper of one exposing ``fleet`` and ``config``).
         ess_levels: ESS levels in [-1, 1] (fraction of rated power).
-        mt_levels: MT levels in [0, 1] (fraction of the MT range), or an int for that many evenly spaced levels.
+        mt_levels: MT levels in [0, 1] (fraction of the MT range), an int for that many evenly spaced levels, or
+            ``"merit_order"`` (MT at its price-optimal set-point, not a choice of the agent).
         ess_feasible: close the balance with the SoC-feasible ESS power (True) or the requested one (False).
     """
 
@@ -68,7 +71,12 @@ class DiscreteActions(ParallelEnv):
         base = env.unwrapped
         if not hasattr(base, "fleet") or not hasattr(base, "config"):
             raise TypeError("DiscreteActions needs a mmgrid_env environment (with .fleet and .config)")
-        if isinstance(mt_levels, (int, np.integer)):
+        self.mt_merit_order = isinstance(mt_levels, str)
+        if self.mt_merit_order:
+            if mt_levels != "merit_order":
+                raise ValueError(f"mt_levels must be levels in [0, 1], an int or 'merit_order', got {mt_levels!r}")
+            mt_levels = [np.nan]  # one MT "level": computed from the price at each step
+        elif isinstance(mt_levels, (int, np.integer)):
             if mt_levels < 1:
                 raise ValueError(f"mt_levels must be >= 1, got {mt_levels}")
             mt_levels = np.linspace(0.0, 1.0, int(mt_levels)) if mt_levels > 1 else np.zeros(1)
@@ -76,7 +84,8 @@ class DiscreteActions(ParallelEnv):
         self.mt_levels = np.asarray(mt_levels, float).reshape(-1)
         if self.ess_levels.size == 0 or np.any(np.abs(self.ess_levels) > 1):
             raise ValueError(f"ess_levels must be non-empty and within [-1, 1], got {ess_levels!r}")
-        if self.mt_levels.size == 0 or np.any((self.mt_levels < 0) | (self.mt_levels > 1)):
+        if not self.mt_merit_order and (self.mt_levels.size == 0
+                                        or np.any(~((self.mt_levels >= 0) & (self.mt_levels <= 1)))):
             raise ValueError(f"mt_levels must be non-empty and within [0, 1], got {mt_levels!r}")
         self.ess_feasible = bool(ess_feasible)
         self.n_actions = self.mt_levels.size * self.ess_levels.size
@@ -84,6 +93,7 @@ class DiscreteActions(ParallelEnv):
         self.levels = np.stack([mt_f.reshape(-1), ess_l.reshape(-1)], axis=1)
         f = base.fleet
         self._fleet, self._dt = f, float(base.config.dt_h)
+        self._price_scale = float(base.config.price_scale_eur_per_kwh)
         self._pv_scale = np.where(f.pv_kwp > 0, f.pv_kwp, 1.0)
         self._wt_scale = np.where(f.wt_kw > 0, f.wt_kw, 1.0)
         self._index = {a: i for i, a in enumerate(env.possible_agents)}
@@ -146,7 +156,13 @@ class DiscreteActions(ParallelEnv):
             pv, wt = o[0] * self._pv_scale[i], o[1] * self._wt_scale[i]
             load, soc = o[2] * f.load_peak_kw[i], float(np.clip(o[4], 0.0, 1.0))
             mt_frac, ess_level = self.levels[k]
-            p_mt = f.mt_min_kw[i] + mt_frac * (f.mt_max_kw[i] - f.mt_min_kw[i])
+            if self.mt_merit_order:
+                price = float(o[3]) * self._price_scale
+                a2, b1 = f.mt_cost_a_eur_per_kw2h[i], f.mt_cost_b_eur_per_kwh[i]
+                p_opt = (price - b1) / (2.0 * a2) if a2 > 0 else (np.inf if price > b1 else -np.inf)
+                p_mt = float(np.clip(p_opt, f.mt_min_kw[i], f.mt_max_kw[i]))
+            else:
+                p_mt = f.mt_min_kw[i] + mt_frac * (f.mt_max_kw[i] - f.mt_min_kw[i])
             p_ess = ess_level * (f.ess_discharge_max_kw[i] if ess_level > 0 else f.ess_charge_max_kw[i])
             p_ess_bal = p_ess
             if self.ess_feasible:  # same limits as devices.ess_step

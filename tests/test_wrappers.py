@@ -82,3 +82,32 @@ def test_requested_mode_is_off_by_the_clip():
     d = infos["mg_0"]
     assert d["p_ess_clipped_kw"] > 1.0
     assert d["p_net_kw"] == pytest.approx(-d["p_ess_clipped_kw"], abs=1e-2)
+
+
+def test_merit_order_mt():
+    """mt_levels="merit_order": the MT runs at clip((c − b)/(2a)) of the observed price; the agent picks the ESS."""
+    env = DiscreteActions(parallel_env(), mt_levels="merit_order")
+    assert env.action_space("mg_0").n == len(PAPER_ESS_LEVELS)
+    f = env.fleet
+    obs, _ = env.reset(seed=0, options={"day": 4})
+    seen_inside = seen_bounds = 0
+    for price in (-0.05, 0.0, 0.05, 0.09, 0.1, 0.11, 0.2, 2.0):
+        o = {a: v.copy() for a, v in obs.items()}
+        for a in o:
+            o[a][3] = price / env.config.price_scale_eur_per_kwh
+        sp = env.setpoints(o, {a: 5 for a in o})  # ESS level 0
+        for i, a in enumerate(env.possible_agents):
+            c = float(np.float32(price / env.config.price_scale_eur_per_kwh)) * env.config.price_scale_eur_per_kwh
+            expected = (c - f.mt_cost_b_eur_per_kwh[i]) / (2 * f.mt_cost_a_eur_per_kw2h[i])
+            expected = min(max(expected, f.mt_min_kw[i]), f.mt_max_kw[i])
+            assert sp[a][0] == pytest.approx(expected, rel=1e-9, abs=1e-9)
+            assert sp[a][1] == 0.0
+            if f.mt_min_kw[i] < expected < f.mt_max_kw[i]:
+                seen_inside += 1
+                # at the optimum the marginal cost equals the price
+                assert 2 * f.mt_cost_a_eur_per_kw2h[i] * sp[a][0] + f.mt_cost_b_eur_per_kwh[i] == pytest.approx(c)
+            else:
+                seen_bounds += 1
+    assert seen_inside > 0 and seen_bounds > 0  # both regimes were exercised
+    with pytest.raises(ValueError, match="merit_order"):
+        DiscreteActions(parallel_env(), mt_levels="economic")
