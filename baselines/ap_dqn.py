@@ -61,7 +61,7 @@ class Args:
     variant: str = "ap_dqn"
     """one of ``VARIANTS``: dqn, per_dqn, att_dqn, ap_dqn"""
     seed: int = 0
-    total_steps: int = 200_000
+    total_steps: int = 60_000
     """env steps (one step = one hour for all agents); training also stops at ``time_budget_s``"""
     time_budget_s: float = 1800.0
     learning_rate: float = 5e-4
@@ -87,12 +87,12 @@ class Args:
     time_feature: bool = True
     reward_mode: str = "individual"
     reward_scale: float = 0.1
-    mt_levels: int | str = 4
+    mt_levels: int | str = "merit_order"
     """MT levels of :class:`mmgrid_env.DiscreteActions`: an int, or ``"merit_order"`` (MT at its price-optimal
     set-point; the agent then chooses only the ESS level)"""
     max_grad_norm: float = 10.0
-    config: str = "paper"
-    """env preset"""
+    config: str = "paper_extras"
+    """env preset (``"paper_extras"``: the observation adds the next hour's price and sin/cos of the hour)"""
     env_overrides: dict = field(default_factory=dict)
 
     @property

@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["ap_dqn"], choices=sorted(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--total-steps", type=int, default=None, help="env steps per variant (default 200000)")
+    p.add_argument("--total-steps", type=int, default=None, help="env steps per variant (default 60000)")
     p.add_argument("--time-budget-s", type=float, default=None, help="wall-clock cap per variant (default 1800)")
     p.add_argument("--eval-days", type=int, default=None, help="evaluate on the first N test days (default all)")
     p.add_argument("--oracle", action="store_true", help="also solve the oracle per test day (optimality gap)")
@@ -99,7 +99,8 @@ def main(argv=None) -> int:
         print(f"[{v}] trained {res.env_steps} env steps / {len(res.log)} episodes / {res.updates} updates "
               f"in {res.wall_s:.1f} s", flush=True)
         t0 = time.perf_counter()
-        ev = evaluate(APDQNPolicy(qnet, args2), days=days, oracle=a.oracle, progress=progress, name=v)
+        ev = evaluate(APDQNPolicy(qnet, args2), days=days, oracle=a.oracle, progress=progress, name=v,
+                      config=args2.config, **args2.env_overrides)  # the observation the network was trained on
         ev.to_csv(os.path.join(run_dir, "eval.csv"))
         ev.to_json(os.path.join(run_dir, "eval.json"))
         s = ev.summary()

@@ -131,5 +131,6 @@ def test_quick_end_to_end(tmp_path):
         assert (run / name).exists(), name
     assert (out / "comparison.md").read_text().count("rule_based") == 1
     qnet, args = load_checkpoint(run / "model.pt")
-    assert isinstance(args, Args) and args.variant == "ap_dqn" and qnet.n_actions == 44
+    # default action set: the 11 ESS levels, MT in merit order; the observation of "paper_extras" (8) + t/24
+    assert isinstance(args, Args) and args.variant == "ap_dqn" and qnet.n_actions == 11 and qnet.n_features == 9
     assert len((run / "log.csv").read_text().strip().splitlines()) == 11  # header + 10 episodes
