@@ -54,7 +54,8 @@ from mmgrid_env import parallel_env
 
 __all__ = ["Args", "HYPERPARAMETER_SETS", "Actor", "Critic", "RunningMeanStd", "MAPPOAgent", "compute_gae",
            "ppo_losses", "train", "TrainResult", "MAPPOPolicy", "save_checkpoint", "load_checkpoint",
-           "policy_from_checkpoint", "make_env", "day_profiles", "greedy_day_cost", "tensorboard_available"]
+           "policy_from_checkpoint", "make_env", "day_profiles", "greedy_day_cost", "tensorboard_available",
+           "BalanceActionMap", "make_action_map"]
 
 HOURS = 24  # steps per episode (one day); the env ends every episode by truncation after 24 steps
 
@@ -143,6 +144,15 @@ class Args:
     """Privileged critic input (training only): the current day's 24 prices and each microgrid's 24 net loads
     (P_load − P_PV − P_WT, ÷ load peak), appended to ``state()``. The value of stored energy depends on the
     prices still to come, which ``state()`` does not show; actors never see this."""
+    action_map: str = "direct"
+    """How the actor's four outputs become the env's action. ``"direct"``: as they are (eq. 25, clipped).
+    ``"balance"``: P_MT and P_ESS as given; the trade P_grid is centred on the microgrid's own balance,
+    P_load − P_PV − P_WT − P_MT − P_ESS (the ESS power the battery can deliver at its SoC), and the grid output
+    moves it by ± ``balance_residual`` of half the trade range; Q_grid likewise around Q_load. Computed from the
+    agent's own observation only (see :class:`BalanceActionMap`), so execution stays decentralised."""
+    balance_residual: float = 0.25
+    """With ``action_map="balance"``: how far (fraction of half the trade range) the grid outputs move the trade
+    away from the balance."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
     value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
@@ -389,6 +399,55 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class BalanceActionMap:
+    """``action_map="balance"``: actor outputs (…, N, 4) in [-1, 1] → env actions, the trade centred on the balance.
+
+    Uses the agent's own observation (PV, WT, load, SoC: columns 0–2 and 4, times the capacities of ``env.fleet``)
+    and the env's action ranges: P_MT and P_ESS keep the env's affine map (eq. 25); P_grid = clip(P_load − P_PV −
+    P_WT − P_MT − P_ESS,feasible + a_grid·ρ·(P_max − P_min)/2, P_min, P_max) with ρ = ``residual``, and
+    Q_grid = clip(Q_load + a_q·ρ·(Q_max − Q_min)/2, Q_min, Q_max). P_ESS,feasible is the request clipped to what
+    the battery can deliver or absorb at the observed SoC (the env's own rule), so a_grid = 0 leaves the network
+    nothing to settle. The result is expressed again as an action in [-1, 1]⁴.
+    """
+
+    def __init__(self, env, residual: float = 0.25):
+        f = env.unwrapped.fleet
+        self.low, self.high = f.action_low.astype(np.float64), f.action_high.astype(np.float64)
+        self.span = np.where(self.high > self.low, self.high - self.low, 1.0)
+        self.pv_scale = np.where(f.pv_kwp > 0, f.pv_kwp, 1.0)
+        self.wt_scale = np.where(f.wt_kw > 0, f.wt_kw, 1.0)
+        self.load_peak, self.tan_phi = f.load_peak_kw, f.tan_phi
+        dt = float(env.unwrapped.config.dt_h)
+        self.dis_per_soc = f.ess_capacity_kwh * f.ess_eta_discharge / dt  # max discharge kW per unit of SoC
+        self.cha_per_soc = f.ess_capacity_kwh / (f.ess_eta_charge * dt)  # max charge kW per unit of (1 − SoC)
+        self.dis_max, self.cha_max = f.ess_discharge_max_kw, f.ess_charge_max_kw
+        self.residual = float(residual)
+
+    def __call__(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
+        a = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
+        o = np.asarray(obs, np.float64)
+        sp = self.low + (a + 1.0) * 0.5 * self.span  # set-points of the direct map
+        soc = np.clip(o[..., 4], 0.0, 1.0)
+        p_ess = np.clip(sp[..., 1], -np.minimum(self.cha_max, (1.0 - soc) * self.cha_per_soc),
+                        np.minimum(self.dis_max, soc * self.dis_per_soc))
+        load = o[..., 2] * self.load_peak
+        balance = load - o[..., 0] * self.pv_scale - o[..., 1] * self.wt_scale - sp[..., 0] - p_ess
+        half = 0.5 * self.span * self.residual
+        sp[..., 2] = balance + a[..., 2] * half[:, 2]
+        sp[..., 3] = load * self.tan_phi + a[..., 3] * half[:, 3]
+        sp = np.clip(sp, self.low, self.high)
+        return np.clip(2.0 * (sp - self.low) / self.span - 1.0, -1.0, 1.0).astype(np.float32)
+
+
+def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``, as ``args.action_map`` says."""
+    if args.action_map == "direct":
+        return lambda obs, act: np.clip(act, -1.0, 1.0)
+    if args.action_map == "balance":
+        return BalanceActionMap(env, args.balance_residual)
+    raise ValueError(f"action_map must be 'direct' or 'balance', got {args.action_map!r}")
+
+
 def make_env(args: Args, **env_overrides: Any):
     """One training environment copy (the preset plus ``reward_mode`` and any overrides)."""
     return parallel_env(args.env_preset, reward_mode=args.reward_mode, **env_overrides)
@@ -463,6 +522,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     env_info = {"env_preset": args.env_preset, "reward_mode": args.reward_mode, "env_overrides": env_overrides,
                 "agents": agents, "obs_dim": obs_dim, "state_dim": state_dim, "act_dim": act_dim}
 
+    action_map = make_action_map(args, env0)
     agent = MAPPOAgent(obs_dim, state_dim, n_agents, act_dim, args).to(device)
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=args.actor_lr, eps=1e-5)
     critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=args.critic_lr, eps=1e-5)
@@ -529,7 +589,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                     logp = dist.log_prob(action).sum(-1)
                     v_norm = agent.critic(state_t, agent_ids, hour_t)
                 act_np = action.cpu().numpy().reshape(E, N, act_dim)
-                env_act = np.clip(act_np, -1.0, 1.0)
+                env_act = action_map(obs_np, act_np)
                 b_obs[t], b_state[t], b_hour[t] = obs_np, state_np, hour_np
                 b_act[t], b_logp[t] = act_np, logp.cpu().numpy().reshape(E, N)
                 b_vnorm[t] = v_norm.cpu().numpy().reshape(E, N)
@@ -619,7 +679,8 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                                          or update == 1):
                 train_days = eval_env.dataset.train_days
                 pick = np.linspace(0, len(train_days) - 1, args.greedy_eval_days).round().astype(int)
-                g_cost, g_obj, g_viol = greedy_day_cost(eval_env, MAPPOPolicy(agent, agents, device=device),
+                g_cost, g_obj, g_viol = greedy_day_cost(eval_env, MAPPOPolicy(agent, agents, device=device,
+                                                                          action_map=action_map),
                                                         [int(train_days[i]) for i in pick])
                 agent.train()
                 greedy = {"greedy_cost_eur": g_cost, "greedy_objective_eur": g_obj,
@@ -673,8 +734,15 @@ class MAPPOPolicy:
     """
 
     def __init__(self, agent: MAPPOAgent, agents: list[str], deterministic: bool = True, seed: int = 0,
-                 device: str | torch.device = "cpu"):
+                 device: str | torch.device = "cpu", action_map: str | Callable | None = None,
+                 balance_residual: float = 0.25):
         self.agent = agent.to(device).eval()
+        # "balance" needs the env's capacities: built in bind_env (the harness calls it) or given as a callable
+        self._action_map_name = action_map if isinstance(action_map, str) else None
+        self.action_map = action_map if callable(action_map) else None
+        self.balance_residual = float(balance_residual)
+        if self._action_map_name not in (None, "direct", "balance"):
+            raise ValueError(f"action_map must be 'direct', 'balance' or a callable, got {action_map!r}")
         self.agents = list(agents)
         self.index = {a: i for i, a in enumerate(self.agents)}
         self.deterministic = deterministic
@@ -683,6 +751,11 @@ class MAPPOPolicy:
 
     def reset(self) -> None:
         """Nothing to reset: the policy is memoryless (called by the harness before each day)."""
+
+    def bind_env(self, env) -> None:
+        """Build the ``"balance"`` action map from the env's capacities (the evaluation harness calls this)."""
+        if self._action_map_name == "balance":
+            self.action_map = BalanceActionMap(env, self.balance_residual)
 
     @torch.no_grad()
     def __call__(self, observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -698,6 +771,12 @@ class MAPPOPolicy:
             act = (dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self._gen,
                                                          device=self.device)).clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
+        if self._action_map_name == "balance" and self.action_map is None:
+            raise RuntimeError("MAPPOPolicy(action_map='balance') needs the env's capacities: call bind_env(env)")
+        if self.action_map is not None:
+            if [self.index[a] for a in names] != list(range(len(self.agents))):
+                raise ValueError("the balance action map needs every agent's observation, in agent order")
+            out = self.action_map(np.stack([np.asarray(observations[a], np.float32) for a in names]), out)
         return {a: out[i] for i, a in enumerate(names)}
 
 
@@ -737,4 +816,6 @@ def policy_from_checkpoint(path: str | os.PathLike, deterministic: bool = True, 
                            ) -> tuple[MAPPOPolicy, Args, dict[str, Any]]:
     """``(policy, args, env_info)`` for a saved checkpoint; evaluate it on ``env_info["env_preset"]``."""
     agent, args, env_info = load_checkpoint(path, device=device)
-    return MAPPOPolicy(agent, env_info["agents"], deterministic=deterministic, device=device), args, env_info
+    policy = MAPPOPolicy(agent, env_info["agents"], deterministic=deterministic, device=device,
+                         action_map=args.action_map, balance_residual=args.balance_residual)
+    return policy, args, env_info

@@ -222,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     use_oracle = not ns.no_oracle
     cache = ns.oracle_cache or str(ROOT / "runs" / "oracle_cache")
     t0 = time.perf_counter()
-    policy = MAPPOPolicy(res.agent, res.env_info["agents"], deterministic=True)
+    policy = MAPPOPolicy(res.agent, res.env_info["agents"], deterministic=True, action_map=args.action_map,
+                         balance_residual=args.balance_residual)
     results = {}
     results["mappo"] = evaluate(policy, days=days, config=args.env_preset, oracle=use_oracle, progress=progress,
                                 record=record, oracle_cache_dir=cache, name="mappo")
