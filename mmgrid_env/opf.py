@@ -307,7 +307,6 @@ class ConicOPF:
         self.q_of_price[np.r_[ix["qsu"], ix["qsd"]], 4] = u
         self.b_rows = np.concatenate([self.row_pbal[mg_node], self.row_qbal[mg_node]]
                                      + [self.row_ub[k] for k in ("dpu", "dpd", "dqu", "dqd", "cur", "shd")])
-        self._block = np.empty((8, M))
         # the eight per-microgrid variable blocks dpu … qsd are contiguous in x
         self._mg_slice = slice(int(ix["dpu"][0]), int(ix["qsd"][-1]) + 1)
         self._clarabel = None
@@ -317,7 +316,7 @@ class ConicOPF:
         self._edge_from = [int(i) for i in frm]
         self._mg_node = [int(j) for j in mg_node]
         self._v0, self._l0, self._P0, self._Q0 = (int(ix[k][0]) for k in ("v", "l", "P", "Q"))
-        self._svh0, self._svl0 = int(ix["svh"][0]), int(ix["svl"][0])
+        self._svh0 = int(ix["svh"][0])  # svh and svl are adjacent: x[_svh0 : _svh0 + 2n]
         self._v_lo_sq, self._v_hi_sq = cfg.v_min_pu ** 2, cfg.v_max_pu ** 2
         # b[b_rows] = max(_b_map @ [p, q, P_grid, Q_grid] + _b_offset, 0) on all but the first 2M rows (p, q):
         # rows p, q, ΔP⁺ ≤ P_max − P_grid, ΔP⁻ ≤ P_grid − P_min, ΔQ⁺ ≤ Q_max − Q_grid, ΔQ⁻ ≤ Q_grid − Q_min,
