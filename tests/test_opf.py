@@ -586,3 +586,51 @@ def test_dataclass_config_is_used():
                    base.grid_q_max_kvar)
     res = opf.solve(np.array([-100.0, -100.0]), np.zeros(2), 0.1, base.grid_p_max_kw)
     assert res.objective_eur == pytest.approx(3.0 * 200.0, rel=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------- reduced conic form
+@pytest.mark.parametrize("buses,aggregation,cfg_kw", [
+    ((1, 2, 5, 8, 12, 18, 24, 29), "sum", {}),
+    ((1, 2, 5, 24), "mean", {"reactive_slack_cost_factor": 1.0}),  # k = 1: the epigraph's outer pieces dropped
+    ((17, 21, 32), "mean", {"v_min_pu": 1.002, "v_max_pu": 1.05}),  # the fixed root (1 p.u.) violates v_min
+])
+def test_reduced_conic_form_equals_cvxpy_formulation(buses, aggregation, cfg_kw):
+    """ConicOPF solves a smaller rewrite (root voltage a constant, curtailment/shedding one variable, ΔQ and the
+    reactive slack one variable with an epigraph cost); the cvxpy problem is the formulation as written. Same
+    optimum on stressed instances (trade limits binding: curtailment, shedding and reactive slack in use)."""
+    M = len(buses)
+    opf = make_opf(buses, aggregation, **cfg_kw)
+    limits = (opf.grid_p_min_kw, opf.grid_p_max_kw, opf.grid_q_min_kvar, opf.grid_q_max_kvar)
+    problem = build_cvxpy_opf(opf.net, opf.cfg, M)
+    rng = np.random.default_rng(11)
+    used = {"cur": 0, "shd": 0, "qslack": 0}
+    for kind in KINDS * 4:
+        p, q, price, pg, qg = _instance(rng, opf, kind)
+        res = opf.solve(p, q, price, pg, qg)
+        assert res.status_code == STATUS_OPTIMAL
+        ref = solve_cvxpy_opf(opf.net, opf.cfg, p, q, price, limits, pg, qg, solver="ECOS", problem=problem)
+        assert ref["status"] in ("optimal", "optimal_inaccurate")
+        tol = REF_TOL["ECOS"]
+        assert abs(res.objective_eur - ref["objective_eur"]) <= tol["obj_rel"] * max(1.0, abs(ref["objective_eur"]))
+        assert res.curtailment_kw.sum() == pytest.approx(ref["curtailment_kw"].sum(), rel=1e-6, abs=2e-3)
+        assert res.shedding_kw.sum() == pytest.approx(ref["shedding_kw"].sum(), rel=1e-6, abs=2e-3)
+        assert res.v_pu == pytest.approx(ref["v_pu"], abs=tol["v"])
+        # what the result reports obeys the original formulation's bounds
+        up, dn = headroom(opf, pg)
+        assert np.all(res.delta_p_kw <= up + 1e-6) and np.all(res.delta_p_kw >= -dn - 1e-6)
+        assert np.all(res.curtailment_kw <= np.maximum(p, 0) + 1e-6) and np.all(res.shedding_kw <= np.maximum(-p, 0) + 1e-6)
+        q_up, q_dn = np.maximum(opf.grid_q_max_kvar - qg, 0), np.maximum(qg - opf.grid_q_min_kvar, 0)
+        assert np.all(res.delta_q_kvar <= q_up + 1e-9) and np.all(res.delta_q_kvar >= -q_dn - 1e-9)
+        assert np.all((np.abs(res.q_slack_kvar) < 1e-6) | (np.abs(res.delta_q_kvar) >= np.minimum(q_up, q_dn) - 1e-6))
+        if ref["relaxation_gap_pu"] <= GAP_TOL_PU:  # v_min above the root's 1 p.u. can make the relaxation inexact
+            assert independent_gap(opf, res) <= GAP_TOL_PU
+        assert max(balance_residual_kw(opf, p, q, res)) < BALANCE_TOL_KW
+        used["cur"] += res.curtailment_kw.sum() > 1.0
+        used["shd"] += res.shedding_kw.sum() > 1.0
+        used["qslack"] += np.abs(res.q_slack_kvar).sum() > 1.0
+    assert min(used.values()) > 0, used  # the instances exercise every merged variable
+
+
+def test_reactive_slack_cheaper_than_dq_is_rejected():
+    with pytest.raises(ValueError, match="reactive_slack_cost_factor"):
+        make_opf((1, 2), reactive_slack_cost_factor=0.5)
