@@ -3,9 +3,12 @@
 The algorithm of the AP-DQN paper (seed 002, §3), adapted to the multi-microgrid env:
 
 * **Discrete actions** through :class:`mmgrid_env.DiscreteActions`: each agent picks (MT level, ESS level); the
-  main-grid trade and the reactive import close the microgrid's own balance (see the wrapper's docs).
+  main-grid trade and the reactive import close the microgrid's own balance (see the wrapper's docs). Defaults:
+  the paper's 11 ESS levels with the MT in merit order (``mt_levels="merit_order"``), and a SoC shield
+  (``soc_shield=True``) that clips each ESS choice to the operational SoC limits.
 * **Independent learners with shared parameters**: one Q-network for all microgrids; its input is the agent's own
-  observation (eq. 23), the hour of the day as a fraction t/24 (the policy counts its steps since ``reset()``, as the
+  observation (eq. 23, plus the preset's extras: by default ``"paper_day_ahead"``, i.e. sin/cos of the hour and
+  the next 11 hours of day-ahead prices), the hour of the day as a fraction t/24 (the policy counts its steps since ``reset()``, as the
   rule-based baseline does; switch off with ``time_feature=False``) and, after the attention block, a one-hot agent
   id. Each agent's transition is stored separately in one replay buffer.
 * **Relational model** (``attention=True``): every state feature is embedded as a token (value · w_f + b_f), K heads
@@ -22,7 +25,8 @@ The algorithm of the AP-DQN paper (seed 002, §3), adapted to the multi-microgri
 The four variants of the paper's Table 2 ablation: ``VARIANTS = {"dqn", "per_dqn", "att_dqn", "ap_dqn"}``
 (``Args.variant`` sets ``per`` and ``attention``). Rewards default to ``reward_mode="individual"`` (each agent's own
 cost and its share of the upper layer's cost, which is better suited to independent learners), scaled by
-``reward_scale``; evaluation always reports the system's € cost.
+``reward_scale``, after adding the exogenous baseline c_t·(P_load − P_PV − P_WT) (``reward_baseline="net_load"``,
+a control variate that no action changes); evaluation always reports the system's € cost.
 
 Train with ``examples/train_ap_dqn.py``. Library use::
 
@@ -90,9 +94,18 @@ class Args:
     mt_levels: int | str = "merit_order"
     """MT levels of :class:`mmgrid_env.DiscreteActions`: an int, or ``"merit_order"`` (MT at its price-optimal
     set-point; the agent then chooses only the ESS level)"""
+    reward_baseline: str = "net_load"
+    """``"net_load"`` (default): add c_t·(P_load − P_PV − P_WT)·Δt (the cost of buying the net load at the price; per agent
+    in ``"individual"`` mode, the team's share in ``"shared"``) to each reward before learning. No action changes
+    it, so the greedy policy of the true Q-function is unchanged; it removes the large exogenous part of every
+    reward, which the Q-network would otherwise have to fit (a control variate, as in ``baselines.mappo``)."""
+    soc_shield: bool = True
+    """clip every ESS choice to the operational SoC limits (``DiscreteActions(ess_within_soc_limits=True)``): the
+    SoC penalty can then never be paid"""
     max_grad_norm: float = 10.0
-    config: str = "paper_extras"
-    """env preset (``"paper_extras"``: the observation adds the next hour's price and sin/cos of the hour)"""
+    config: str = "paper_day_ahead"
+    """env preset (``"paper_day_ahead"``: the observation adds the next 11 hours of day-ahead prices and sin/cos of
+    the hour; ``"paper_extras"``: the next hour's price only; ``"paper"``: eq. 23)"""
     env_overrides: dict = field(default_factory=dict)
 
     @property
@@ -286,7 +299,15 @@ class QNetwork(nn.Module):
 def make_env(args: Args, **overrides):
     """The discrete-action env used for training (``reward_mode`` from ``args`` unless overridden)."""
     kw = {"reward_mode": args.reward_mode, **args.env_overrides, **overrides}
-    return DiscreteActions(parallel_env(args.config, **kw), mt_levels=args.mt_levels)
+    return DiscreteActions(parallel_env(args.config, **kw), mt_levels=args.mt_levels,
+                           ess_within_soc_limits=args.soc_shield)
+
+
+def net_load_cost(infos: dict, agents: list[str], reward_mode: str, dt_h: float = 1.0) -> np.ndarray:
+    """c_t·(P_load − P_PV − P_WT)·Δt € per agent (its own in "individual" mode, the team's share in "shared")."""
+    own = np.array([infos[a]["price_eur_per_kwh"] * (infos[a]["p_load_kw"] - infos[a]["p_pv_kw"]
+                                                      - infos[a]["p_wt_kw"]) * dt_h for a in agents])
+    return own if reward_mode == "individual" else np.full(len(agents), own.sum() / len(agents))
 
 
 def features(obs: np.ndarray, t: int, time_feature: bool) -> np.ndarray:
@@ -330,6 +351,8 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
     """
     if args.variant not in VARIANTS:
         raise ValueError(f"unknown variant {args.variant!r}; known: {sorted(VARIANTS)}")
+    if args.reward_baseline not in ("none", "net_load"):
+        raise ValueError(f"reward_baseline must be 'none' or 'net_load', got {args.reward_baseline!r}")
     rng = np.random.default_rng(args.seed)
     torch.manual_seed(args.seed)
     env = make_env(args)
@@ -344,6 +367,7 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
            else UniformReplayBuffer(args.buffer_size, n_feat))
     agent_ids = np.arange(n_agents)
     agent_ids_t = torch.as_tensor(agent_ids)
+    dt_h = float(env.config.dt_h)
 
     writer, fh = None, None
     if log_path is not None:
@@ -372,7 +396,10 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
             t_hour += 1
             done = any(term.values()) or any(trunc.values())
             x_next = features(np.stack([next_obs[a] for a in agents]), t_hour, args.time_feature)
-            r = np.array([rew[a] for a in agents], np.float32) * args.reward_scale
+            r = np.array([rew[a] for a in agents])
+            if args.reward_baseline == "net_load":
+                r = r + net_load_cost(infos, agents, args.reward_mode, dt_h)
+            r = (r * args.reward_scale).astype(np.float32)
             buf.add(x, agent_ids, act, r, x_next, np.full(n_agents, float(done), np.float32))
             ep_cost += infos[agents[0]]["cost_total_eur"]
             ep_ret += float(sum(rew.values()))
@@ -447,7 +474,8 @@ class APDQNPolicy:
     def __init__(self, qnet: QNetwork, args: Args, env=None):
         self.qnet, self.args = qnet.eval(), args
         self.decoder = env if isinstance(env, DiscreteActions) else (
-            DiscreteActions(env, mt_levels=args.mt_levels) if env is not None else make_env(args))
+            DiscreteActions(env, mt_levels=args.mt_levels, ess_within_soc_limits=args.soc_shield)
+            if env is not None else make_env(args))
         self.agents = list(self.decoder.possible_agents)
         self._t = 0
 

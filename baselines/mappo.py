@@ -150,6 +150,10 @@ class Args:
     P_load − P_PV − P_WT − P_MT − P_ESS (the ESS power the battery can deliver at its SoC), and the grid output
     moves it by ± ``balance_residual`` of half the trade range; Q_grid likewise around Q_load. Computed from the
     agent's own observation only (see :class:`BalanceActionMap`), so execution stays decentralised."""
+    soc_shield: bool = False
+    """Clip the ESS request to what keeps the SoC inside [soc_min, soc_max] before it reaches the env (with either
+    action map; see :class:`BalanceActionMap`): a safety shield, so the SoC penalty is never paid. Computed from
+    the agent's own observation; the policy gradient still uses the unclipped sample."""
     balance_residual: float = 0.25
     """With ``action_map="balance"``: how far (fraction of half the trade range) the grid outputs move the trade
     away from the balance."""
@@ -400,17 +404,22 @@ def _resolve_device(name: str) -> torch.device:
 
 
 class BalanceActionMap:
-    """``action_map="balance"``: actor outputs (…, N, 4) in [-1, 1] → env actions, the trade centred on the balance.
+    """Actor outputs (…, N, 4) in [-1, 1] → env actions, from the agent's own observation and the env's ranges.
 
-    Uses the agent's own observation (PV, WT, load, SoC: columns 0–2 and 4, times the capacities of ``env.fleet``)
-    and the env's action ranges: P_MT and P_ESS keep the env's affine map (eq. 25); P_grid = clip(P_load − P_PV −
-    P_WT − P_MT − P_ESS,feasible + a_grid·ρ·(P_max − P_min)/2, P_min, P_max) with ρ = ``residual``, and
-    Q_grid = clip(Q_load + a_q·ρ·(Q_max − Q_min)/2, Q_min, Q_max). P_ESS,feasible is the request clipped to what
-    the battery can deliver or absorb at the observed SoC (the env's own rule), so a_grid = 0 leaves the network
-    nothing to settle. The result is expressed again as an action in [-1, 1]⁴.
+    ``balance=True`` (``action_map="balance"``): P_MT and P_ESS keep the env's affine map (eq. 25); the trade is
+    centred on the microgrid's own balance, P_grid = clip(P_load − P_PV − P_WT − P_MT − P_ESS,feasible +
+    a_grid·ρ·(P_max − P_min)/2, P_min, P_max) with ρ = ``residual``, and Q_grid = clip(Q_load + a_q·ρ·(Q_max −
+    Q_min)/2, Q_min, Q_max). P_ESS,feasible is the request clipped to what the battery can deliver or absorb at
+    the observed SoC (the env's own rule), so a_grid = 0 leaves the network nothing to settle. ``balance=False``:
+    P_grid and Q_grid as the actor gives them (the ``"direct"`` map).
+
+    ``soc_shield=True`` first clips the ESS request to what keeps SoC_{t+1} inside the *operational* limits
+    [soc_min, soc_max] (the reward's soft limits), so the SoC penalty is never paid. PV, WT, load and SoC come
+    from observation columns 0–2 and 4 times the capacities of ``env.fleet``. The result is expressed again as
+    an action in [-1, 1]⁴.
     """
 
-    def __init__(self, env, residual: float = 0.25):
+    def __init__(self, env, residual: float = 0.25, balance: bool = True, soc_shield: bool = False):
         f = env.unwrapped.fleet
         self.low, self.high = f.action_low.astype(np.float64), f.action_high.astype(np.float64)
         self.span = np.where(self.high > self.low, self.high - self.low, 1.0)
@@ -421,31 +430,38 @@ class BalanceActionMap:
         self.dis_per_soc = f.ess_capacity_kwh * f.ess_eta_discharge / dt  # max discharge kW per unit of SoC
         self.cha_per_soc = f.ess_capacity_kwh / (f.ess_eta_charge * dt)  # max charge kW per unit of (1 − SoC)
         self.dis_max, self.cha_max = f.ess_discharge_max_kw, f.ess_charge_max_kw
-        self.residual = float(residual)
+        self.soc_min, self.soc_max = f.soc_min, f.soc_max
+        self.residual, self.balance, self.soc_shield = float(residual), bool(balance), bool(soc_shield)
 
     def __call__(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         a = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
         o = np.asarray(obs, np.float64)
         sp = self.low + (a + 1.0) * 0.5 * self.span  # set-points of the direct map
         soc = np.clip(o[..., 4], 0.0, 1.0)
-        p_ess = np.clip(sp[..., 1], -np.minimum(self.cha_max, (1.0 - soc) * self.cha_per_soc),
-                        np.minimum(self.dis_max, soc * self.dis_per_soc))
-        load = o[..., 2] * self.load_peak
-        balance = load - o[..., 0] * self.pv_scale - o[..., 1] * self.wt_scale - sp[..., 0] - p_ess
-        half = 0.5 * self.span * self.residual
-        sp[..., 2] = balance + a[..., 2] * half[:, 2]
-        sp[..., 3] = load * self.tan_phi + a[..., 3] * half[:, 3]
+        if self.soc_shield:  # 1e-6 margin: the observed SoC is float32
+            sp[..., 1] = np.clip(sp[..., 1], -np.clip(self.soc_max - soc - 1e-6, 0.0, None) * self.cha_per_soc,
+                                 np.clip(soc - self.soc_min - 1e-6, 0.0, None) * self.dis_per_soc)
+        if self.balance:
+            p_ess = np.clip(sp[..., 1], -np.minimum(self.cha_max, (1.0 - soc) * self.cha_per_soc),
+                            np.minimum(self.dis_max, soc * self.dis_per_soc))
+            load = o[..., 2] * self.load_peak
+            net = load - o[..., 0] * self.pv_scale - o[..., 1] * self.wt_scale - sp[..., 0] - p_ess
+            half = 0.5 * self.span * self.residual
+            sp[..., 2] = net + a[..., 2] * half[:, 2]
+            sp[..., 3] = load * self.tan_phi + a[..., 3] * half[:, 3]
         sp = np.clip(sp, self.low, self.high)
         return np.clip(2.0 * (sp - self.low) / self.span - 1.0, -1.0, 1.0).astype(np.float32)
 
 
 def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``, as ``args.action_map`` says."""
-    if args.action_map == "direct":
+    """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``, as ``args.action_map`` and
+    ``args.soc_shield`` say."""
+    if args.action_map not in ("direct", "balance"):
+        raise ValueError(f"action_map must be 'direct' or 'balance', got {args.action_map!r}")
+    if args.action_map == "direct" and not args.soc_shield:
         return lambda obs, act: np.clip(act, -1.0, 1.0)
-    if args.action_map == "balance":
-        return BalanceActionMap(env, args.balance_residual)
-    raise ValueError(f"action_map must be 'direct' or 'balance', got {args.action_map!r}")
+    return BalanceActionMap(env, args.balance_residual, balance=args.action_map == "balance",
+                            soc_shield=args.soc_shield)
 
 
 def make_env(args: Args, **env_overrides: Any):
@@ -735,12 +751,12 @@ class MAPPOPolicy:
 
     def __init__(self, agent: MAPPOAgent, agents: list[str], deterministic: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", action_map: str | Callable | None = None,
-                 balance_residual: float = 0.25):
+                 balance_residual: float = 0.25, soc_shield: bool = False):
         self.agent = agent.to(device).eval()
         # "balance" needs the env's capacities: built in bind_env (the harness calls it) or given as a callable
         self._action_map_name = action_map if isinstance(action_map, str) else None
         self.action_map = action_map if callable(action_map) else None
-        self.balance_residual = float(balance_residual)
+        self.balance_residual, self.soc_shield = float(balance_residual), bool(soc_shield)
         if self._action_map_name not in (None, "direct", "balance"):
             raise ValueError(f"action_map must be 'direct', 'balance' or a callable, got {action_map!r}")
         self.agents = list(agents)
@@ -753,9 +769,10 @@ class MAPPOPolicy:
         """Nothing to reset: the policy is memoryless (called by the harness before each day)."""
 
     def bind_env(self, env) -> None:
-        """Build the ``"balance"`` action map from the env's capacities (the evaluation harness calls this)."""
-        if self._action_map_name == "balance":
-            self.action_map = BalanceActionMap(env, self.balance_residual)
+        """Build the ``"balance"`` or shielded action map from the env's capacities (the harness calls this)."""
+        if self._action_map_name == "balance" or (self.soc_shield and self._action_map_name in (None, "direct")):
+            self.action_map = BalanceActionMap(env, self.balance_residual, balance=self._action_map_name == "balance",
+                                               soc_shield=self.soc_shield)
 
     @torch.no_grad()
     def __call__(self, observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -771,11 +788,12 @@ class MAPPOPolicy:
             act = (dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self._gen,
                                                          device=self.device)).clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
-        if self._action_map_name == "balance" and self.action_map is None:
-            raise RuntimeError("MAPPOPolicy(action_map='balance') needs the env's capacities: call bind_env(env)")
+        if (self._action_map_name == "balance" or self.soc_shield) and self.action_map is None:
+            raise RuntimeError("MAPPOPolicy(action_map='balance' or soc_shield=True) needs the env's capacities: "
+                               "call bind_env(env)")
         if self.action_map is not None:
             if [self.index[a] for a in names] != list(range(len(self.agents))):
-                raise ValueError("the balance action map needs every agent's observation, in agent order")
+                raise ValueError("the action map needs every agent's observation, in agent order")
             out = self.action_map(np.stack([np.asarray(observations[a], np.float32) for a in names]), out)
         return {a: out[i] for i, a in enumerate(names)}
 
@@ -817,5 +835,6 @@ def policy_from_checkpoint(path: str | os.PathLike, deterministic: bool = True, 
     """``(policy, args, env_info)`` for a saved checkpoint; evaluate it on ``env_info["env_preset"]``."""
     agent, args, env_info = load_checkpoint(path, device=device)
     policy = MAPPOPolicy(agent, env_info["agents"], deterministic=deterministic, device=device,
-                         action_map=args.action_map, balance_residual=args.balance_residual)
+                         action_map=args.action_map, balance_residual=args.balance_residual,
+                         soc_shield=args.soc_shield)
     return policy, args, env_info

@@ -9,7 +9,9 @@ turns them on, are ignored). No policy here looks at future data.
 * :class:`RuleBasedPolicy` — per microgrid and hour, in this order:
 
   1. **Reference price** ``ref`` = mean of the prices observed over the last 24 steps (the window runs across days;
-     before any observation, the current price). Nothing from the future is used.
+     before any observation, the current price). Nothing from the future is used. With ``reference="day_ahead"``
+     (for presets whose observation carries k hours of day-ahead prices, ``obs_price_forecast=k``) the 24-hour
+     window reaches k hours ahead instead: the last 23 − k observed prices, the current one and the next k.
   2. **MT** runs where the price covers its marginal cost: P_MT = clip((c − b)/(2a), P_min, P_max) (the MT cost
      is a·P² + b·P + c₀; c₀ is paid every hour anyway). Off when c ≤ 0.
   3. **Battery** (SoC kept inside the soft limits [soc_min, soc_max]: never charged above soc_max nor discharged
@@ -49,7 +51,7 @@ import numpy as np
 
 from mmgrid_env import EnvConfig, make_config
 
-__all__ = ["RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "POLICIES"]
+__all__ = ["RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "POLICIES", "rule_based_day_ahead"]
 
 
 def _config_and_agents(env_or_config) -> tuple[EnvConfig, list[str]]:
@@ -69,11 +71,21 @@ class RuleBasedPolicy:
             (δ = 0.2, 4 end hours) were picked by a coarse sweep (δ ∈ {0.1, 0.2, 0.3}, end hours ∈ {0, 4, 6}) on
             every 12th *training* day; the differences were within 1 %.
         end_hours: steps at the end of the day in which the battery is emptied down to soc_min.
-        window: number of past prices in the reference price.
+        window: number of prices in the reference price.
+        reference: ``"past"`` (default: the last ``window`` observed prices) or ``"day_ahead"`` (the window ends k
+            hours ahead, with the k forecast prices of the observation; needs ``obs_price_forecast=k`` ≥ 1).
     """
 
-    def __init__(self, env_or_config=None, band: float = 0.2, end_hours: int = 4, window: int = 24):
+    def __init__(self, env_or_config=None, band: float = 0.2, end_hours: int = 4, window: int = 24,
+                 reference: str = "past"):
         cfg, agents = _config_and_agents(env_or_config)
+        if reference not in ("past", "day_ahead"):
+            raise ValueError(f"reference must be 'past' or 'day_ahead', got {reference!r}")
+        self.forecast_h = int(cfg.obs_price_forecast) if reference == "day_ahead" else 0
+        if reference == "day_ahead" and not 1 <= self.forecast_h < window:
+            raise ValueError("reference='day_ahead' needs a config with obs_price_forecast=k, 1 <= k < window "
+                             f"(got k={int(cfg.obs_price_forecast)}, window={window}): e.g. preset 'paper_day_ahead'")
+        self.forecast_col = 5 + int(cfg.obs_q_load)  # the forecast columns follow the core (and Q_load)
         self.config, self.agents = cfg, agents
         self.band, self.end_hours = float(band), int(end_hours)
         mgs = cfg.microgrids
@@ -90,7 +102,7 @@ class RuleBasedPolicy:
         self.dt = float(cfg.dt_h)
         self.steps_per_day = int(cfg.max_episode_steps)
         self.price_scale = float(cfg.price_scale_eur_per_kwh)
-        self._prices: deque = deque(maxlen=int(window))
+        self._prices: deque = deque(maxlen=int(window) - self.forecast_h)
         self._t = 0
 
     def reset(self) -> None:
@@ -104,8 +116,13 @@ class RuleBasedPolicy:
         load = obs[:, 2] * self.load_peak
         c = float(obs[0, 3]) * self.price_scale
         soc = obs[:, 4].astype(float)
-        ref = float(np.mean(self._prices)) if self._prices else c
-        self._prices.append(c)
+        if self.forecast_h:
+            ahead = obs[0, self.forecast_col:self.forecast_col + self.forecast_h].astype(float) * self.price_scale
+            self._prices.append(c)
+            ref = float(np.mean(np.concatenate([np.fromiter(self._prices, float), ahead])))
+        else:
+            ref = float(np.mean(self._prices)) if self._prices else c
+            self._prices.append(c)
         hours_left = max(self.steps_per_day - self._t, 1)
         self._t += 1
         # 2. MT at the output where its marginal cost b + 2aP meets the price
@@ -181,12 +198,19 @@ class RandomPolicy:
         return {a: self.rng.uniform(-1.0, 1.0, 4).astype(np.float32) for a in observations}
 
 
-POLICIES = {"rule_based": RuleBasedPolicy, "zero": ZeroPolicy, "random": RandomPolicy}
-"""Name → policy class (each takes the env or config as first argument)."""
+def rule_based_day_ahead(env_or_config=None) -> RuleBasedPolicy:
+    """The rule-based policy with ``reference="day_ahead"`` (the env's config needs ``obs_price_forecast`` ≥ 1,
+    e.g. preset ``"paper_day_ahead"``): the yardstick for learners that observe the day-ahead prices."""
+    return RuleBasedPolicy(env_or_config, reference="day_ahead")
+
+
+POLICIES = {"rule_based": RuleBasedPolicy, "rule_based_day_ahead": rule_based_day_ahead, "zero": ZeroPolicy,
+            "random": RandomPolicy}
+"""Name → policy factory (each takes the env or config as first argument)."""
 
 
 def make_policy(name: str, env_or_config=None, seed: int = 0):
-    """A policy by name: ``"rule_based"``, ``"zero"`` or ``"random"`` (seeded by ``seed``)."""
+    """A policy by name: ``"rule_based"``, ``"rule_based_day_ahead"``, ``"zero"`` or ``"random"`` (seeded)."""
     if name not in POLICIES:
         raise ValueError(f"unknown policy {name!r}; known: {sorted(POLICIES)}")
     if name == "random":

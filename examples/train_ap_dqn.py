@@ -63,6 +63,11 @@ def main(argv=None) -> int:
     p.add_argument("--oracle", action="store_true", help="also solve the oracle per test day (optimality gap)")
     p.add_argument("--no-rule-based", action="store_true", help="skip the rule-based comparison")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 episodes, 3 test days")
+    p.add_argument("--env-preset", default=None, help="env preset (default: Args.config, 'paper_extras')")
+    p.add_argument("--soc-shield", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip ESS choices to the operational SoC limits (default: Args.soc_shield)")
+    p.add_argument("--reward-baseline", choices=["none", "net_load"], default=None,
+                   help="exogenous reward baseline (default: Args.reward_baseline)")
     p.add_argument("--out", default="runs/ap_dqn")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-progress", action="store_true")
@@ -78,6 +83,12 @@ def main(argv=None) -> int:
         base["total_steps"] = a.total_steps
     if a.time_budget_s is not None:
         base["time_budget_s"] = a.time_budget_s
+    if a.env_preset is not None:
+        base["config"] = a.env_preset
+    if a.soc_shield is not None:
+        base["soc_shield"] = a.soc_shield
+    if a.reward_baseline is not None:
+        base["reward_baseline"] = a.reward_baseline
     n_eval = a.eval_days if a.eval_days is not None else (3 if a.quick else None)
     test_days = [int(d) for d in parallel_env().dataset.split_days("test")]
     days = test_days[:n_eval] if n_eval else test_days
@@ -113,6 +124,11 @@ def main(argv=None) -> int:
 
         results["rule_based"] = evaluate(RuleBasedPolicy(parallel_env()), days=days, oracle=a.oracle,
                                          progress=progress, name="rule_based")
+        cfg = parallel_env(base.get("config", Args.config)).config
+        if cfg.obs_price_forecast:  # the same rules with the forecast the learners see: a fair yardstick
+            results["rule_based_day_ahead"] = evaluate(RuleBasedPolicy(cfg, reference="day_ahead"), days=days,
+                                                       config=cfg, oracle=a.oracle, progress=progress,
+                                                       name="rule_based_day_ahead")
     cols = ["n_days", "cost_eur", "objective_eur", "optimality_gap", "soc_violation_rate", "cost_upper_eur",
             "shedding_kwh"]
     table = compare_table(results, columns=cols, reference=None)

@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     cache = ns.oracle_cache or str(ROOT / "runs" / "oracle_cache")
     t0 = time.perf_counter()
     policy = MAPPOPolicy(res.agent, res.env_info["agents"], deterministic=True, action_map=args.action_map,
-                         balance_residual=args.balance_residual)
+                         balance_residual=args.balance_residual, soc_shield=args.soc_shield)
     results = {}
     results["mappo"] = evaluate(policy, days=days, config=args.env_preset, oracle=use_oracle, progress=progress,
                                 record=record, oracle_cache_dir=cache, name="mappo")
@@ -233,6 +233,10 @@ def main(argv: list[str] | None = None) -> int:
         results["rule_based"] = evaluate(RuleBasedPolicy(env), days=days, config=args.env_preset,
                                          oracle=use_oracle, progress=progress, oracle_cache_dir=cache,
                                          name="rule_based")
+        if env.config.obs_price_forecast:  # the same rules with the forecast the actors see: a fair yardstick
+            results["rule_based_day_ahead"] = evaluate(
+                RuleBasedPolicy(env, reference="day_ahead"), days=days, config=args.env_preset, oracle=use_oracle,
+                progress=progress, oracle_cache_dir=cache, name="rule_based_day_ahead")
     if use_oracle:
         results["oracle"] = evaluate("oracle", days=days, config=args.env_preset, progress=progress,
                                      oracle_cache_dir=cache, name="oracle")

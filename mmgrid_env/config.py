@@ -125,8 +125,11 @@ class EnvConfig:
     """Append sin/cos of the hour of day to each observation and to the state."""
     obs_q_load: bool = False
     """Append Q_load / load_peak to each observation."""
-    obs_price_forecast: bool = False
-    """Append the next hour's price (perfect one-step forecast) / price_scale."""
+    obs_price_forecast: int = 0
+    """Append the day-ahead prices of the next k hours, k = this value (``True`` = 1, ``False`` = 0), each
+    ÷ price_scale. The bundled prices are day-ahead auction results, published around 12:45 CET the day before, so
+    k ≤ 11 is information a real operator has at every hour (at 12:00 the next 11 hours are still today; from
+    13:00 tomorrow's prices are known). Beyond the data's last hour the last price repeats."""
     max_episode_steps: int = 24
 
 
@@ -172,6 +175,11 @@ def validate_config(cfg: EnvConfig) -> None:
     _check(0 < o.v_min_pu < o.v_max_pu, f"opf: need 0 < v_min_pu < v_max_pu, got {o.v_min_pu}, {o.v_max_pu}")
     _check(o.current_limit_ka is None or o.current_limit_ka > 0, "opf.current_limit_ka must be > 0 or None")
     _check(o.balancing_kappa >= 0, "opf.balancing_kappa must be >= 0")
+    _check(o.reactive_cost_rel >= 0 and o.reactive_cost_abs_eur_per_kvarh >= 0,
+           "opf.reactive_cost_rel and opf.reactive_cost_abs_eur_per_kvarh must be >= 0")
+    _check(o.reactive_slack_cost_factor >= 1,
+           f"opf.reactive_slack_cost_factor must be >= 1 (reactive slack beyond the ΔQ limits may not be cheaper "
+           f"than ΔQ), got {o.reactive_slack_cost_factor}")
     _check(o.loss_price_floor_eur_per_kwh > 0, "opf.loss_price_floor_eur_per_kwh must be > 0 (SPEC §4)")
     _check(o.solver_base_mva is None or o.solver_base_mva > 0, "opf.solver_base_mva must be > 0 or None")
     _check(o.solver in ("clarabel", "ecos"), f"opf.solver must be 'clarabel' or 'ecos', got {o.solver!r}")
@@ -182,6 +190,8 @@ def validate_config(cfg: EnvConfig) -> None:
     _check(cfg.dt_h > 0, "dt_h must be > 0")
     _check(0 <= cfg.export_discount <= 1, "export_discount must lie in [0, 1]")
     _check(cfg.price_scale_eur_per_kwh > 0, "price_scale_eur_per_kwh must be > 0")
+    _check(isinstance(cfg.obs_price_forecast, (bool, int)) and 0 <= int(cfg.obs_price_forecast) <= 23,
+           f"obs_price_forecast must be a number of hours in 0..23 (or a bool), got {cfg.obs_price_forecast!r}")
     _check(cfg.max_episode_steps == 24, "max_episode_steps: episodes are one day of 24 hourly steps")
 
 
@@ -207,9 +217,12 @@ _PAPER_MICROGRIDS = (
 presets: Mapping[str, EnvConfig] = {
     "paper": EnvConfig(microgrids=_PAPER_MICROGRIDS),
     "paper_extras": EnvConfig(microgrids=_PAPER_MICROGRIDS, obs_hour=True, obs_price_forecast=True),
+    "paper_day_ahead": EnvConfig(microgrids=_PAPER_MICROGRIDS, obs_hour=True, obs_price_forecast=11),
 }
 """Named, complete configurations. ``"paper"``: the BMAPPO setting (4 microgrids, observation of eq. 23).
-``"paper_extras"``: the same system with hour-of-day and a one-hour price forecast in the observation."""
+``"paper_extras"``: the same system with hour-of-day and a one-hour price forecast in the observation.
+``"paper_day_ahead"``: hour-of-day and the next 11 hours of day-ahead prices (what the auction has published at
+every hour of the day)."""
 
 
 def make_config(config: EnvConfig | str | None = None, *, microgrid_buses: Sequence[int] | None = None,

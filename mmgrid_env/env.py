@@ -79,7 +79,8 @@ class MultiMicrogridEnv(ParallelEnv):
     | 4   | SoC         | –                                        | [0, 1]                     |
 
     Optional extras, in this order (off in the ``"paper"`` preset): ``obs_q_load`` → Q_load ÷ ``load_peak_kw``;
-    ``obs_price_forecast`` → next hour's price ÷ price scale; ``obs_hour`` → sin, cos of 2π·hour/24.
+    ``obs_price_forecast=k`` → the day-ahead prices of hours t+1 … t+k ÷ price scale (``True`` = the next hour;
+    k ≤ 11 is what the day-ahead auction has published at every hour); ``obs_hour`` → sin, cos of 2π·hour/24.
     ``state()`` (eq. 24) concatenates every agent's observation without the hour features, then appends
     sin/cos of the hour once when ``obs_hour`` is on. Observations show the hour about to be dispatched.
 
@@ -108,7 +109,7 @@ class MultiMicrogridEnv(ParallelEnv):
     ## Arguments
 
     ``parallel_env(config=None, render_mode=None, **overrides)``: ``config`` is an :class:`EnvConfig` or a preset
-    name (``"paper"`` default, ``"paper_extras"``); ``overrides`` are :class:`EnvConfig` fields
+    name (``"paper"`` default, ``"paper_extras"``, ``"paper_day_ahead"``); ``overrides`` are :class:`EnvConfig` fields
     (``reward_mode``, ``alpha``, ``beta``, ``dataset``, ``obs_hour``, …), plus ``microgrid_buses=[...]`` and
     ``opf={...}`` (:class:`OPFConfig` fields such as ``impedance_aggregation``). ``env(...)`` returns the AEC
     version. After each step, ``env.last_step`` holds the step's arrays and the :class:`OPFResult`.
@@ -153,9 +154,9 @@ class MultiMicrogridEnv(ParallelEnv):
         if cfg.obs_q_load:
             lows.append(0.0)
             highs.append(float(f.tan_phi.max()) + 1e-6)
-        if cfg.obs_price_forecast:
-            lows.append(p_lo)
-            highs.append(p_hi)
+        self._forecast_h = int(cfg.obs_price_forecast)
+        lows += [p_lo] * self._forecast_h
+        highs += [p_hi] * self._forecast_h
         self._core_dim = len(lows)
         if cfg.obs_hour:
             lows += [-1.0, -1.0]
@@ -208,8 +209,8 @@ class MultiMicrogridEnv(ParallelEnv):
                 price_obs, np.zeros((hours, n))]  # SoC (column 4) is filled in at each step
         if cfg.obs_q_load:
             cols.append(self._day_q_load_kvar / f.load_peak_kw)
-        if cfg.obs_price_forecast:
-            nxt = self._price_flat[np.minimum(k + 1, last)] / cfg.price_scale_eur_per_kwh
+        for ahead in range(1, self._forecast_h + 1):
+            nxt = self._price_flat[np.minimum(k + ahead, last)] / cfg.price_scale_eur_per_kwh
             cols.append(np.repeat(nxt[:, None], n, axis=1))
         if cfg.obs_hour:
             angle = (np.arange(hours) % HOURS_PER_DAY) * 2.0 * math.pi / HOURS_PER_DAY

@@ -339,9 +339,9 @@ def evaluate(policy: Policy | str, split: str = "test", days: Sequence[int] | No
 
     Args:
         policy: a callable ``policy(observations) -> actions`` (``reset()`` and ``bind_env(env)`` are called if
-            present, see the module docs), or a name: ``"rule_based"``, ``"zero"``, ``"random"`` (from the
-            repository's ``baselines`` package, built for this env) or ``"oracle"`` (the oracle's dispatch
-            replayed through the env).
+            present, see the module docs), or a name: ``"rule_based"``, ``"rule_based_day_ahead"``, ``"zero"``,
+            ``"random"`` (from the repository's ``baselines`` package, built for this env) or ``"oracle"`` (the
+            oracle's dispatch replayed through the env).
         split: ``"test"`` (default, 73 days in the bundled data), ``"train"`` or ``"all"``.
         days: dataset day indices to run instead of a split (as in ``env.reset(options={"day": k})``).
         seed: passed to the first ``env.reset`` (and to the ``"random"`` policy).
@@ -478,7 +478,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "rule_based/zero/random come from the repository's `baselines` package (run from the "
                     "repository root); oracle = the perfect-foresight optimum replayed through the env.")
     p.add_argument("--policy", nargs="+", default=["rule_based"],
-                   choices=["rule_based", "zero", "random", "oracle"], help="one or more policies")
+                   choices=["rule_based", "rule_based_day_ahead", "zero", "random", "oracle"],
+                   help="one or more policies (rule_based_day_ahead needs a preset with a price forecast, "
+                        "e.g. --preset paper_day_ahead)")
     p.add_argument("--split", default="test", choices=["test", "train", "all"])
     p.add_argument("--days", type=int, nargs="+", default=None, help="dataset day indices (overrides --split)")
     p.add_argument("--oracle", action="store_true", help="solve each day's oracle: optimality gaps")

@@ -53,6 +53,11 @@ class DiscreteActions(ParallelEnv):
     unchanged, so ``info["p_ess_requested_kw"]`` shows what the agent chose. Observations are float32, so the
     balance closes to about 1e-3 kW.
 
+    ``ess_within_soc_limits=True`` shields the battery instead: the ESS request itself is clipped to what keeps
+    SoC_{t+1} inside the *operational* limits [soc_min, soc_max] (the soft limits of the reward's SoC penalty),
+    so a learner can never pay that penalty and need not learn the limits from it. A charge level at SoC_max (or
+    a discharge level at SoC_min) then means "idle". Off by default (the agent's choice reaches the env as is).
+
     Spaces are cached; ``observation_space``, ``state()``, ``state_space``, ``render``, ``close``, rewards and
     infos pass through. ``levels`` is the ``(k, 2)`` table of (MT fraction, ESS level) per action index.
 
@@ -62,10 +67,12 @@ class DiscreteActions(ParallelEnv):
         mt_levels: MT levels in [0, 1] (fraction of the MT range), an int for that many evenly spaced levels, or
             ``"merit_order"`` (MT at its price-optimal set-point, not a choice of the agent).
         ess_feasible: close the balance with the SoC-feasible ESS power (True) or the requested one (False).
+        ess_within_soc_limits: clip the ESS request to the operational SoC limits (a safety shield).
     """
 
     def __init__(self, env: ParallelEnv, ess_levels: Sequence[float] = PAPER_ESS_LEVELS,
-                 mt_levels: Sequence[float] | int = 4, ess_feasible: bool = True):
+                 mt_levels: Sequence[float] | int = 4, ess_feasible: bool = True,
+                 ess_within_soc_limits: bool = False):
         super().__init__()
         self.env = env
         base = env.unwrapped
@@ -88,6 +95,7 @@ class DiscreteActions(ParallelEnv):
                                         or np.any(~((self.mt_levels >= 0) & (self.mt_levels <= 1)))):
             raise ValueError(f"mt_levels must be non-empty and within [0, 1], got {mt_levels!r}")
         self.ess_feasible = bool(ess_feasible)
+        self.ess_within_soc_limits = bool(ess_within_soc_limits)
         self.n_actions = self.mt_levels.size * self.ess_levels.size
         mt_f, ess_l = np.meshgrid(self.mt_levels, self.ess_levels, indexing="ij")
         self.levels = np.stack([mt_f.reshape(-1), ess_l.reshape(-1)], axis=1)
@@ -164,6 +172,11 @@ class DiscreteActions(ParallelEnv):
             else:
                 p_mt = f.mt_min_kw[i] + mt_frac * (f.mt_max_kw[i] - f.mt_min_kw[i])
             p_ess = ess_level * (f.ess_discharge_max_kw[i] if ess_level > 0 else f.ess_charge_max_kw[i])
+            if self.ess_within_soc_limits:  # headroom to the soft limits; 1e-6 margin absorbs float32 SoC rounding
+                e = f.ess_capacity_kwh[i]
+                room_dis = max(0.0, soc - f.soc_min[i] - 1e-6) * e * f.ess_eta_discharge[i] / dt
+                room_cha = max(0.0, f.soc_max[i] - soc - 1e-6) * e / (f.ess_eta_charge[i] * dt)
+                p_ess = float(np.clip(p_ess, -room_cha, room_dis))
             p_ess_bal = p_ess
             if self.ess_feasible:  # same limits as devices.ess_step
                 e = f.ess_capacity_kwh[i]

@@ -129,8 +129,25 @@ def test_quick_end_to_end(tmp_path):
     run = out / "ap_dqn_s0"
     for name in ("log.csv", "model.pt", "learning_curve.png", "eval.csv", "eval.json"):
         assert (run / name).exists(), name
-    assert (out / "comparison.md").read_text().count("rule_based") == 1
+    table = (out / "comparison.md").read_text()
+    assert table.count("| rule_based |") == 1 and table.count("| rule_based_day_ahead |") == 1
     qnet, args = load_checkpoint(run / "model.pt")
-    # default action set: the 11 ESS levels, MT in merit order; the observation of "paper_extras" (8) + t/24
-    assert isinstance(args, Args) and args.variant == "ap_dqn" and qnet.n_actions == 11 and qnet.n_features == 9
+    # default action set: the 11 ESS levels, MT in merit order; the observation of "paper_day_ahead" (5 + 11
+    # prices + sin/cos of the hour) + t/24
+    assert isinstance(args, Args) and args.variant == "ap_dqn" and qnet.n_actions == 11 and qnet.n_features == 19
+    assert args.soc_shield and args.reward_baseline == "net_load"
     assert len((run / "log.csv").read_text().strip().splitlines()) == 11  # header + 10 episodes
+
+
+def test_net_load_reward_baseline_by_hand():
+    """The exogenous baseline c·(P_load − P_PV − P_WT)·Δt: the agent's own in "individual" mode, the team's mean
+    in "shared" mode; and training rejects an unknown baseline name."""
+    from baselines.ap_dqn import net_load_cost, train
+
+    infos = {"a": {"price_eur_per_kwh": 0.1, "p_load_kw": 200.0, "p_pv_kw": 50.0, "p_wt_kw": 30.0},
+             "b": {"price_eur_per_kwh": 0.1, "p_load_kw": 100.0, "p_pv_kw": 150.0, "p_wt_kw": 0.0}}
+    np.testing.assert_allclose(net_load_cost(infos, ["a", "b"], "individual"), [12.0, -5.0])
+    np.testing.assert_allclose(net_load_cost(infos, ["a", "b"], "shared"), [3.5, 3.5])
+    np.testing.assert_allclose(net_load_cost(infos, ["a", "b"], "individual", dt_h=0.5), [6.0, -2.5])
+    with pytest.raises(ValueError, match="reward_baseline"):
+        train(Args(reward_baseline="mean", total_steps=1), progress=False)

@@ -53,6 +53,36 @@ def test_state():
     assert s.shape == (4 * 6 + 2,) == e.state_space.shape
 
 
+def test_day_ahead_price_forecast_columns():
+    """obs_price_forecast=k appends the prices of hours t+1..t+k (crossing midnight into the next day's data)."""
+    k = 11
+    e = parallel_env("paper_day_ahead")
+    assert e.config.obs_price_forecast == k and e.config.obs_hour
+    assert e.observation_space("mg_0").shape == (5 + k + 2,)
+    day = 10
+    obs, _ = e.reset(seed=0, options={"day": day})
+    price = e.dataset.price_eur_per_kwh.reshape(-1) / e.config.price_scale_eur_per_kwh
+    for hour in range(24):
+        t = day * 24 + hour
+        for a in e.possible_agents:
+            np.testing.assert_allclose(obs[a][3], price[t], rtol=1e-6)
+            np.testing.assert_allclose(obs[a][5:5 + k], price[t + 1:t + 1 + k], rtol=1e-6, atol=1e-7)
+            assert e.observation_space(a).contains(obs[a])
+        obs, *_ = e.step({a: np.zeros(4, np.float32) for a in e.agents})
+    # True still means the next hour only (the "paper_extras" preset keeps its meaning)
+    assert parallel_env("paper_extras").observation_space("mg_0").shape == (5 + 1 + 2,)
+    # the last day of the data: the forecast repeats the last price instead of reading past the end
+    last = e.dataset.n_days - 1
+    obs, _ = e.reset(options={"day": last})
+    for _ in range(23):
+        obs, *_ = e.step({a: np.zeros(4, np.float32) for a in e.agents})
+    np.testing.assert_allclose(obs["mg_0"][5:5 + k], price[-1], rtol=1e-6)
+    with pytest.raises(ConfigError, match="obs_price_forecast"):
+        parallel_env(obs_price_forecast=30)
+    with pytest.raises(ConfigError, match="obs_price_forecast"):
+        parallel_env(obs_price_forecast=2.5)
+
+
 def test_spaces_cached_and_metadata():
     e = parallel_env()
     for a in e.possible_agents:

@@ -210,3 +210,31 @@ def test_plots_from_a_plain_list_of_infos(tmp_path, rb_result):
     plot_soc(traj, tmp_path / "s.png")
     plot_upper_layer(traj, tmp_path / "u.png")
     assert (tmp_path / "s.png").exists() and (tmp_path / "u.png").exists()
+
+
+def test_rule_based_day_ahead_reference_window():
+    """reference="day_ahead": the 24-hour reference window is the last 23 − k observed prices, the current one and
+    the k forecast prices of the observation; a cheap hour before a forecast peak is a charging hour for it but
+    not for the past-only rule (which has seen only that price)."""
+    cfg = mmgrid_env.make_config("paper_day_ahead")
+    k = cfg.obs_price_forecast
+    with pytest.raises(ValueError, match="obs_price_forecast"):
+        RuleBasedPolicy("paper", reference="day_ahead")
+    with pytest.raises(ValueError, match="reference"):
+        RuleBasedPolicy(cfg, reference="tomorrow")
+    n = len(cfg.microgrids)
+    obs = np.zeros((n, 5 + k + 2))
+    obs[:, 2], obs[:, 4] = 0.5, 0.5  # half load, half-full batteries
+    obs[:, 3] = 0.5  # 0.05 €/kWh now
+    obs[:, 5:5 + k] = 1.5  # 0.15 €/kWh in each of the next k hours
+    ahead = RuleBasedPolicy(cfg, reference="day_ahead").setpoints(obs)
+    past = RuleBasedPolicy(cfg).setpoints(obs)
+    # ref = (0.05 + k·0.15)/(k + 1) = 0.1417 €/kWh: 0.05 < 0.8·ref → charge at full power
+    np.testing.assert_allclose(ahead[:, 1], -np.array([m.ess_charge_max_kw for m in cfg.microgrids]))
+    assert np.all(past[:, 1] <= 0) and np.all(past[:, 1] > ahead[:, 1])  # no full charge without the forecast
+    pol = RuleBasedPolicy(cfg, reference="day_ahead")
+    for j in range(30):  # the window keeps 24 − k past prices
+        o = obs.copy()
+        o[:, 3] = j / 10
+        pol.setpoints(o)
+    assert list(pol._prices) == pytest.approx([j / 10 * cfg.price_scale_eur_per_kwh for j in range(30 - (24 - k), 30)])

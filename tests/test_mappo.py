@@ -234,3 +234,34 @@ def test_balance_action_map_closes_each_microgrid_balance():
     o = np.stack([obs[a] for a in env.possible_agents])
     np.testing.assert_allclose(np.stack([out[a] for a in env.possible_agents]),
                                bmap(o, np.stack([direct[a] for a in env.possible_agents])), atol=1e-6)
+
+
+def test_soc_shield_keeps_soc_inside_operational_limits():
+    """soc_shield=True (direct map): random actor outputs over whole days never take the SoC outside
+    [soc_min, soc_max]; MT and trade outputs pass through; unshielded, the same outputs leave the limits."""
+    from baselines.mappo import BalanceActionMap, make_action_map
+
+    env = parallel_env("paper_extras")
+    f = env.fleet
+    assert not isinstance(make_action_map(Args(), env), BalanceActionMap)  # the default stays a plain clip
+    shield = make_action_map(Args(soc_shield=True), env)
+    assert isinstance(shield, BalanceActionMap) and not shield.balance
+    rng = np.random.default_rng(5)
+    raws = rng.uniform(-1, 1, (4, 24, 4, 4)).astype(np.float32)
+    raws[..., 1] = np.sign(raws[..., 1])  # full charge/discharge: reaches the limits within the day
+    worst = {}
+    for shielded in (False, True):
+        w = 0.0
+        for d, day_raw in enumerate(raws):
+            obs, _ = env.reset(options={"day": d})
+            for raw in day_raw:
+                o = np.stack([obs[a] for a in env.possible_agents])
+                act = shield(o, raw) if shielded else raw
+                if shielded:
+                    np.testing.assert_allclose(act[:, [0, 2, 3]], raw[:, [0, 2, 3]], atol=1e-6)
+                obs, _, _, _, infos = env.step({a: act[i] for i, a in enumerate(env.possible_agents)})
+                soc = np.array([infos[a]["soc"] for a in env.possible_agents])
+                w = max(w, float(np.max(np.maximum(f.soc_min - soc, soc - f.soc_max))))
+        worst[shielded] = w
+    assert worst[False] > 0.05
+    assert worst[True] <= 1e-6

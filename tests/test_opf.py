@@ -634,3 +634,8 @@ def test_reduced_conic_form_equals_cvxpy_formulation(buses, aggregation, cfg_kw)
 def test_reactive_slack_cheaper_than_dq_is_rejected():
     with pytest.raises(ValueError, match="reactive_slack_cost_factor"):
         make_opf((1, 2), reactive_slack_cost_factor=0.5)
+    from mmgrid_env import ConfigError, make_config
+    with pytest.raises(ConfigError, match="reactive_slack_cost_factor"):  # the env config says so first
+        make_config(opf={"reactive_slack_cost_factor": 0.5})
+    with pytest.raises(ConfigError, match="reactive_cost_rel"):
+        make_config(opf={"reactive_cost_rel": -0.1})

@@ -111,3 +111,31 @@ def test_merit_order_mt():
     assert seen_inside > 0 and seen_bounds > 0  # both regimes were exercised
     with pytest.raises(ValueError, match="merit_order"):
         DiscreteActions(parallel_env(), mt_levels="economic")
+
+
+def test_soc_shield_keeps_soc_inside_operational_limits():
+    """ess_within_soc_limits=True: random ESS choices over whole days never leave [soc_min, soc_max]; without the
+    shield the same choices do, and where the shield does not bind the request passes unchanged."""
+    n_days, rng = 6, np.random.default_rng(0)
+    choices = [[{a: int(rng.integers(11)) for a in parallel_env().possible_agents} for _ in range(24)]
+               for _ in range(n_days)]
+    viol = {}
+    for shield in (False, True):
+        env = DiscreteActions(parallel_env(), mt_levels="merit_order", ess_within_soc_limits=shield)
+        f, worst, unchanged = env.fleet, 0.0, 0
+        for d in range(n_days):
+            obs, _ = env.reset(options={"day": d})
+            for acts in choices[d]:
+                asked = {a: PAPER_ESS_LEVELS[k] for a, k in acts.items()}
+                obs, _, _, _, infos = env.step(acts)
+                for i, a in enumerate(env.possible_agents):
+                    soc = infos[a]["soc"]
+                    worst = max(worst, f.soc_min[i] - soc, soc - f.soc_max[i])
+                    rated = f.ess_discharge_max_kw[i] if asked[a] > 0 else f.ess_charge_max_kw[i]
+                    if abs(infos[a]["p_ess_requested_kw"] - asked[a] * rated) < 1e-3:
+                        unchanged += 1
+        viol[shield] = worst
+        if shield:
+            assert unchanged > 0.3 * n_days * 24 * 4  # the shield binds near the limits only
+    assert viol[False] > 0.02  # the unshielded random walk leaves the limits
+    assert viol[True] <= 1e-6
