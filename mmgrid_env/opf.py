@@ -26,6 +26,8 @@ import math
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
+from math import sqrt
+from operator import add, itemgetter
 from typing import Sequence
 
 import numpy as np
@@ -150,6 +152,14 @@ class OPFResult:
         return np.sqrt(np.array(self.network_lists[1], float)) * self.network_lists[5]
 
 
+def _getter(indices):
+    """``operator.itemgetter(*indices)`` that always returns a tuple (also for 0 or 1 index)."""
+    indices = list(indices)
+    if len(indices) >= 2:
+        return itemgetter(*indices)
+    return lambda seq: tuple(seq[i] for i in indices)
+
+
 class _Affine:
     """An affine expression of the solver's variables x and the step's data z (build time only):
     Σ a_k·x_k + Σ c_k·z_k + const."""
@@ -250,11 +260,13 @@ class ConicOPF:
              for k, name in enumerate(("p", "q", "hpu", "hpd", "hqu", "hqd", "hcur", "hshd"))}
         # --- variables
         self.ix: dict[str, list] = {}
+        self._sl: dict[str, slice] = {}  # the same, as slices of x
         n_var = 0
 
         def new(name, size):
             nonlocal n_var
             self.ix[name] = list(range(n_var, n_var + size))
+            self._sl[name] = slice(n_var, n_var + size)
             n_var += size
             return [_Affine({i: 1.0}) for i in self.ix[name]]
 
@@ -323,22 +335,6 @@ class ConicOPF:
         self.A = sp.csc_matrix((vals, (ri, ci)), shape=(self.m, n_var))
         Bz = sp.csr_matrix((zv, (zr, zc)), shape=(self.m, 8 * M))
         self._b_rows = np.unique(zr)  # the rows that change with the step's data
-        self._b_base = self.b_const[self._b_rows]
-        self._b_of_z = Bz[self._b_rows].toarray()
-        self.b = self.b_const.copy()
-        # --- what the result reads, as one affine map of (x, z): v (n), l, P, Q (E), ΔP⁺, ΔP⁻, y, u (M), s (n − 1),
-        # then from z: ΔQ⁺ and ΔQ⁻ headroom and p (M)
-        out = V + L + Pf + Qf + dpu + dpd + Y + U + S + Z["hqu"] + Z["hqd"] + Z["p"]
-        self._out_x = np.zeros((len(out), n_var))
-        self._out_z = np.zeros((len(out), 8 * M))
-        self._out_c = np.zeros(len(out))
-        for k, ex in enumerate(out):
-            for col, a in ex.x.items():
-                self._out_x[k, col] = a
-            for col, a in ex.z.items():
-                self._out_z[k, col] = a
-            self._out_c[k] = ex.c
-        self._out_off = self._out_c.copy()
         # --- objective: scaled to order one for the solver: € per (typical trade volume at 0.1 €/kWh)
         self.obj_scale_eur = trade_kw * 0.1 * self.dt_h
         self._q_unit = u = self.base_kw * self.dt_h / self.obj_scale_eur  # €/kWh → scaled cost per p.u.
@@ -354,60 +350,149 @@ class ConicOPF:
         for m in range(M):
             for col, a in Y[m].x.items():
                 self.q_of_price[col, 4 + m] += a * u
-        self.q = self.q_const.copy()
-        self._price_vec = np.zeros(4 + M)
-        # the root's voltage is fixed at 1 p.u.: its (constant) limit violation
         self._clarabel = None
-        # plain-Python copies for the per-step result
+        self._chain = (cfg.solver,) + ((cfg.fallback_solver,) if cfg.fallback_solver not in ("none", cfg.solver) else ())
+        self._init_step_maps(cfg, Bz, v_lo, v_hi, frm, mg_node)
+
+    def _init_step_maps(self, cfg, Bz, v_lo, v_hi, frm, mg_node):
+        """The per-step maps in plain Python: the vectors have ~100 entries, and a numpy call costs about 1 µs.
+
+        Every entry of the step's data z, of q and of b is one coefficient times one input (plus a constant), so a
+        step is a few list comprehensions and one C-level gather (``operator.itemgetter``). The values are bit for
+        bit those of the matrix-vector products they replace (``z_map @ inputs + offset``, ``q_of_price @ prices +
+        q_const``, ``b_base + b_of_z @ z``): a dot product with a single nonzero term is that one product.
+        """
+        M, n_var = self.M, self.n_var
+        # z, 8 blocks of M (solver per unit): p, q, ΔP⁺ ≤ P_max − P_grid, ΔP⁻ ≤ P_grid − P_min, ΔQ⁺ ≤ Q_max − Q_grid,
+        # ΔQ⁻ ≤ Q_grid − Q_min, curtailment ≤ max(p, 0), shedding ≤ max(−p, 0); the bounds clipped at 0 (_update)
+        ub = 1.0 / self.base_kw
+        self._ub = ub
+        self._z_off = ([ub * a for a in self.grid_p_max_kw.tolist()], [ub * -a for a in self.grid_p_min_kw.tolist()],
+                       [ub * a for a in self.grid_q_max_kvar.tolist()],
+                       [ub * -a for a in self.grid_q_min_kvar.tolist()])
+        self._z = [0.0] * (8 * M)
+        # q: the entries that change are one price times a coefficient (l: r·w; ΔP⁺, ΔP⁻, t: one coefficient for
+        # all; y: its own cost per microgrid), between runs of constant ones
+        q_const = self.q_const.tolist()
+        changing = np.flatnonzero(np.any(self.q_of_price != 0.0, axis=1)).tolist()
+        groups = [[] for _ in range(4 + M)]  # per price: (index in q, coefficient)
+        for i in changing:
+            (k,) = np.flatnonzero(self.q_of_price[i])  # one price per entry (asserted by the unpacking)
+            if q_const[i] != 0.0:
+                raise AssertionError("an entry of q both constant and price-dependent")
+            groups[int(k)].append((i, float(self.q_of_price[i, k])))
+        if any(len(g) != 1 for g in groups[4:]) or any(len({a for _, a in g}) > 1 for g in groups[1:4]):
+            raise AssertionError("q: one coefficient for ΔP⁺, ΔP⁻ and t, one entry of y per microgrid expected")
+        self._q_coef_l = [a for _, a in groups[0]]
+        self._q_coef_uni = tuple((g[0][1] if g else 0.0, len(g)) for g in groups[1:4])
+        self._q_coef_y = [g[0][1] for g in groups[4:]]
+        # q = [const, l, const, ΔP⁺, ΔP⁻, y, const, t, const]: the entries in the variables' order (__init__)
+        ix, sl = self.ix, self._sl
+        if [[i for i, _ in g] for g in groups[:4]] != [ix["l"], ix["dpu"], ix["dpd"], ix["t"]] or \
+                [g[0][0] for g in groups[4:]] != ix["y"] or not (sl["dpu"].stop == sl["dpd"].start
+                                                                and sl["dpd"].stop == sl["y"].start):
+            raise AssertionError("q: unexpected layout of the price-dependent entries")
+        self._q_const_seg = (q_const[:sl["l"].start], q_const[sl["l"].stop: sl["dpu"].start],
+                             q_const[sl["y"].stop: sl["t"].start], q_const[sl["t"].stop:])
+        self._q = q_const  # the current q (a list or tuple of floats; the q property gives an array)
+        self._q_key = None  # (price, y's costs) of the current q: q depends on nothing else
+        self._q_sent = False  # whether the persistent Clarabel solver holds the current q
+        # b: each row that changes is one entry of z times a coefficient, plus the row's constant. Rows whose
+        # coefficient is 1 and constant −0.0 are that entry of z itself (−0.0 + v == v, bit for bit); the others
+        # (the reactive epigraph's (k − 1)·ΔQ headroom) are computed; b is gathered from [b_const, z, those].
+        b_const = self.b_const.tolist()
+        pos, nontrivial = list(range(self.m)), []
+        for r in self._b_rows.tolist():
+            row = Bz.getrow(r)
+            (k,) = row.indices  # one entry of z per row
+            a, base = float(row.data[0]), b_const[r]
+            if a == 1.0 and base == 0.0 and math.copysign(1.0, base) < 0.0:
+                pos[r] = self.m + int(k)
+            else:
+                pos[r] = self.m + 8 * M + len(nontrivial)
+                nontrivial.append((int(k), a, base))
+        self._b_src = b_const
+        self._b_gather = _getter(pos)
+        self._bn_z = _getter([k for k, _, _ in nontrivial])
+        self._bn_coef = [a for _, a, _ in nontrivial]
+        self._bn_base = None if all(base == 0.0 and math.copysign(1.0, base) < 0.0 for *_, base in nontrivial) \
+            else [base for *_, base in nontrivial]  # None: all −0.0, a·v + (−0.0) == a·v
+        self._b = tuple(b_const)  # the current b (a tuple of floats; the b property gives an array)
+        # the result: slices of x, per-edge and per-microgrid constants
+        sl = self._sl
+        if not (sl["dpu"].stop == sl["dpd"].start and sl["dpd"].stop == sl["y"].start
+                and sl["y"].stop == sl["u"].start):
+            raise AssertionError("ΔP⁺, ΔP⁻, y, u expected next to each other in x")
+        self._x_slices = (sl["v"], sl["l"], sl["P"], sl["Q"], slice(sl["dpu"].start, sl["u"].stop), sl["svh"],
+                          sl["svl"])
+        self._root_viol = max(0.0, 1.0 - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - 1.0)  # = S[0] (__init__)
         self._r_list = self.r_pu.tolist()
         self._edge_from = frm.tolist()
+        self._v_from = _getter(self._edge_from)
         self._mg_node = mg_node
+        self._v_mg = _getter(mg_node)
         self._v_lo_sq, self._v_hi_sq = v_lo, v_hi
-        # z = max(_z_map @ [p, q, P_grid, Q_grid] + _z_offset, 0) on all but the first 2M entries (p, q):
-        # p, q, ΔP⁺ ≤ P_max − P_grid, ΔP⁻ ≤ P_grid − P_min, ΔQ⁺ ≤ Q_max − Q_grid, ΔQ⁻ ≤ Q_grid − Q_min,
-        # curtailment ≤ max(p, 0), shedding ≤ max(−p, 0); everything in the solver's per unit
-        eye, zero, ub = np.eye(M), np.zeros((M, M)), 1.0 / self.base_kw
-        self._z_map = ub * np.block([
-            [eye, zero, zero, zero], [zero, eye, zero, zero], [zero, zero, -eye, zero], [zero, zero, eye, zero],
-            [zero, zero, zero, -eye], [zero, zero, zero, eye], [eye, zero, zero, zero], [-eye, zero, zero, zero]])
-        self._z_offset = ub * np.concatenate([np.zeros(2 * M), self.grid_p_max_kw, -self.grid_p_min_kw,
-                                              self.grid_q_max_kvar, -self.grid_q_min_kvar, np.zeros(2 * M)])
-        self._z = np.zeros(8 * M)
         self._y_cost = (-cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh)
+        self._price_cfg = (cfg.balancing_kappa, cfg.loss_price_floor_eur_per_kwh, cfg.reactive_cost_rel,
+                           cfg.reactive_cost_abs_eur_per_kvarh, cfg.reactive_slack_cost_factor)
+        self._z_coef_h = [-ub] * M + [ub] * M + [-ub] * M + [ub] * M  # ΔP⁺, ΔP⁻, ΔQ⁺, ΔQ⁻ headroom
+        self._z_off_h = [a for o in self._z_off for a in o]
+        self._z_coef_cs = [ub] * M + [-ub] * M  # curtailment, shedding bounds
+
+    @property
+    def q(self) -> np.ndarray:
+        """The current cost vector (solver scale), as an array."""
+        return np.array(self._q, float)
+
+    @property
+    def b(self) -> np.ndarray:
+        """The current right-hand side, as an array."""
+        return np.array(self._b, float)
 
     # ------------------------------------------------------------------ data update
     def _prices(self, price: float):
-        cfg = self.cfg
-        pi_up, pi_dn = balancing_prices(price, cfg.balancing_kappa)
-        w = loss_weight(price, cfg.loss_price_floor_eur_per_kwh)
-        c_q = reactive_cost(price, cfg)
-        return pi_up, pi_dn, w, c_q, cfg.reactive_slack_cost_factor * c_q
+        """(π⁺, π⁻, w, c_q, c_qs): :func:`balancing_prices`, :func:`loss_weight` and :func:`reactive_cost` inline."""
+        kappa, floor, rel, c_abs, k_qs = self._price_cfg
+        c = float(price)
+        ac = abs(c)
+        pi_up = c + kappa * ac if c >= 0 else kappa * ac
+        c_q = rel * ac + c_abs
+        return pi_up, c - kappa * ac, max(c, floor), c_q, k_qs * c_q
 
     def _update(self, p_kw: list, q_kvar: list, price: float, p_grid_kw: list, q_grid_kvar: list):
-        """Write the step's cost vector and right-hand side (inputs: lists of M floats)."""
+        """Write the step's data z, cost vector q and right-hand side b (inputs: lists of M floats)."""
         prices = self._prices(price)
-        pi_up, pi_dn, w, c_q, _ = prices
         c_cur, c_shd = self._y_cost
-        pv = self._price_vec
-        pv[:4] = w, pi_up, -pi_dn, c_q
-        pv[4:] = [c_cur if p > 0.0 else c_shd for p in p_kw]  # y is curtailment (p > 0) or shedding
-        np.dot(self.q_of_price, pv, out=self.q)
-        self.q += self.q_const
-        # the step's data z (solver per unit; one affine map of [p, q, P_grid, Q_grid], the bounds clipped at 0),
-        # then the rows of b that depend on it and the offset of the result map
-        z = self._z_map @ np.array(p_kw + q_kvar + p_grid_kw + q_grid_kvar) + self._z_offset
-        tail = z[2 * self.M:]
-        np.maximum(tail, 0.0, out=tail)
-        self._z = z
-        self.b[self._b_rows] = self._b_base + self._b_of_z @ z
-        self._out_off = self._out_c + self._out_z @ z
+        y_cost = [c_cur if p > 0.0 else c_shd for p in p_kw]  # y is curtailment (p > 0) or shedding
+        key = self._q_key
+        if key is None or key[0] != price or key[1] != y_cost:
+            pi_up, pi_dn, w, c_q, _ = prices
+            (a1, n1), (a2, n2), (a3, n3) = self._q_coef_uni
+            c0, c1, c2, c3 = self._q_const_seg
+            self._q = [*c0, *[a * w for a in self._q_coef_l], *c1, *[a1 * pi_up] * n1, *[a2 * -pi_dn] * n2,
+                       *[a * y for a, y in zip(self._q_coef_y, y_cost)], *c2, *[a3 * c_q] * n3, *c3]
+            self._q_key, self._q_sent = (price, y_cost), False
+        # z (solver per unit): p, q; the trade headroom clipped at 0 as np.maximum(·, 0.0) does (NaN and −0.0
+        # kept); the curtailment and shedding bounds, max(±p + 0.0, 0.0), which is 0.0 for ±p ≤ 0
+        ub = self._ub
+        self._z = z = ([ub * a + 0.0 for a in p_kw + q_kvar]
+                       + [0.0 if (v := c * a + o) < 0.0 else v
+                          for c, a, o in zip(self._z_coef_h, p_grid_kw + p_grid_kw + q_grid_kvar + q_grid_kvar,
+                                             self._z_off_h)]
+                       + [0.0 if (v := c * a) <= 0.0 else v for c, a in zip(self._z_coef_cs, p_kw + p_kw)])
+        # b: its constant rows, entries of z, and a·z (+ the row's constant unless it is −0.0)
+        nt = [a * v for a, v in zip(self._bn_coef, self._bn_z(z))]
+        if self._bn_base is not None:
+            nt = [base + v for base, v in zip(self._bn_base, nt)]
+        self._b = self._b_gather(self._b_src + z + nt)
         return prices
 
     # ------------------------------------------------------------------ solvers
     def _solve_clarabel(self):
-        import clarabel
+        solver = self._clarabel
+        if solver is None:
+            import clarabel
 
-        if self._clarabel is None:
             settings = clarabel.DefaultSettings()
             settings.verbose = False
             settings.presolve_enable = False  # keeps the data-update path available
@@ -425,13 +510,21 @@ class ConicOPF:
             cones = [clarabel.ZeroConeT(self.m_eq), clarabel.NonnegativeConeT(self.m_nonneg)]
             cones += [clarabel.SecondOrderConeT(4)] * self.E
             P = sp.csc_matrix((self.n_var, self.n_var))
-            self._clarabel = clarabel.DefaultSolver(P, self.q.copy(), self.A, self.b.copy(), cones, settings)
+            self._clarabel_ok = (clarabel.SolverStatus.Solved, clarabel.SolverStatus.AlmostSolved)
+            self._clarabel = solver = clarabel.DefaultSolver(P, list(self._q), self.A, list(self._b), cones,
+                                                             settings)
+        elif self._q_sent:
+            # q changes only with the price and y's cost: not re-sent when those repeat (update_q would write the
+            # same values). Whole vectors as lists or tuples: half the cost of arrays; the binding's (index, value)
+            # form for the rows that change costs more than the whole vector (it first tries a vector).
+            solver.update(b=self._b)
         else:
-            self._clarabel.update(q=self.q.tolist(), b=self.b.tolist())  # lists: half the cost of arrays
-        sol = self._clarabel.solve()
-        if sol.status not in (clarabel.SolverStatus.Solved, clarabel.SolverStatus.AlmostSolved):
+            solver.update(q=self._q, b=self._b)
+        self._q_sent = True
+        sol = solver.solve()
+        if sol.status not in self._clarabel_ok:
             raise RuntimeError(f"clarabel status {sol.status}")
-        return sol.x, float(sol.solve_time), int(sol.iterations)  # x: a list of floats, what _result reads
+        return sol.x, sol.solve_time, sol.iterations  # x: a list of floats, what _result reads
 
     def _solve_ecos(self):
         import ecos
@@ -440,12 +533,13 @@ class ConicOPF:
             self._ecos_Aeq = sp.csc_matrix(self.A[: self.m_eq])
             self._ecos_G = sp.csc_matrix(self.A[self.m_eq:])
             self._ecos_dims = {"l": self.m_nonneg, "q": [4] * self.E, "e": 0}
-        sol = ecos.solve(self.q, self._ecos_G, self.b[self.m_eq:], self._ecos_dims, self._ecos_Aeq,
-                         self.b[: self.m_eq], verbose=False, feastol=1e-9, abstol=1e-9, reltol=1e-9)
+        b = self.b
+        sol = ecos.solve(self.q, self._ecos_G, b[self.m_eq:], self._ecos_dims, self._ecos_Aeq, b[: self.m_eq],
+                         verbose=False, feastol=1e-9, abstol=1e-9, reltol=1e-9)
         info = sol["info"]
         if info["exitFlag"] not in (0, 10):  # 10: optimal to reduced accuracy, still far better than giving up
             raise RuntimeError(f"ecos exitFlag {info['exitFlag']} ({info.get('infostring', '')})")
-        return np.asarray(sol["x"]), float(info["timing"]["runtime"]), int(info["iter"])
+        return np.asarray(sol["x"], float).tolist(), float(info["timing"]["runtime"]), int(info["iter"])
 
     def _run(self, name):
         return self._solve_clarabel() if name == "clarabel" else self._solve_ecos()
@@ -468,49 +562,68 @@ class ConicOPF:
             p_grid_kw, q_grid_kvar: the lower layer's own trade with the main grid (default 0); the OPF's
                 ΔP/ΔQ use the rest of each microgrid's trade limits.
         """
-        p_kw, q_kvar = self._as_list(p_kw, "p_kw"), self._as_list(q_kvar, "q_kvar")
-        p_grid_kw = [0.0] * self.M if p_grid_kw is None else self._as_list(p_grid_kw, "p_grid_kw")
-        q_grid_kvar = [0.0] * self.M if q_grid_kvar is None else self._as_list(q_grid_kvar, "q_grid_kvar")
+        M = self.M
+        if type(p_kw) is not list or len(p_kw) != M:  # the env's path: lists of M floats, used as they are
+            p_kw = self._as_list(p_kw, "p_kw")
+        if type(q_kvar) is not list or len(q_kvar) != M:
+            q_kvar = self._as_list(q_kvar, "q_kvar")
+        if p_grid_kw is None:
+            p_grid_kw = [0.0] * M
+        elif type(p_grid_kw) is not list or len(p_grid_kw) != M:
+            p_grid_kw = self._as_list(p_grid_kw, "p_grid_kw")
+        if q_grid_kvar is None:
+            q_grid_kvar = [0.0] * M
+        elif type(q_grid_kvar) is not list or len(q_grid_kvar) != M:
+            q_grid_kvar = self._as_list(q_grid_kvar, "q_grid_kvar")
         prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar)
         errors = []
         t0 = time.perf_counter()
-        chain = [self.cfg.solver]
-        if self.cfg.fallback_solver not in ("none", self.cfg.solver):
-            chain.append(self.cfg.fallback_solver)
-        for k, name in enumerate(chain):
+        for k, name in enumerate(self._chain):
             try:
-                x, solver_time, iters = self._run(name)
+                x, solver_time, iters = self._solve_clarabel() if name == "clarabel" else self._solve_ecos()
                 if not math.isfinite(sum(x)) and not all(map(math.isfinite, x)):  # sum first: one C call
                     raise RuntimeError(f"{name} returned non-finite values")
             except Exception as exc:  # noqa: BLE001 - any solver trouble falls back, never raises
                 errors.append(f"{name}: {exc}")
                 continue
-            code = STATUS_OPTIMAL if k == 0 else STATUS_FALLBACK_SOLVER
-            return self._result(x, prices, code, "optimal", name, time.perf_counter() - t0,
-                                solver_time, iters, errors)
+            return self._result(x, prices, STATUS_OPTIMAL if k == 0 else STATUS_FALLBACK_SOLVER, "optimal", name,
+                                time.perf_counter() - t0, solver_time, iters, errors)
         return self._safe_dispatch(p_kw, q_kvar, prices, time.perf_counter() - t0, errors)
 
     def _result(self, x, prices, code, status, solver, wall, solver_time, iters, errors, out=None) -> OPFResult:
-        """The result record from the solver's solution ``x`` (solver per unit), in plain Python floats.
+        """The result record from the solver's solution ``x`` (solver per unit, a list), in plain Python floats.
 
-        ``out`` (instead of ``x``): the values of the result map (v, l, P, Q, ΔP⁺, ΔP⁻, y, u, s, ΔQ headroom, p)."""
+        ``out`` (instead of ``x``): the values (v, l, P, Q, ΔP⁺, ΔP⁻, y, u, s, ΔQ⁺ and ΔQ⁻ headroom, p) as one list,
+        s being each node's voltage slack (the root's constant violation first)."""
+        M, bk, dt, cfg = self.M, self.base_kw, self.dt_h, self.cfg
         if out is None:
-            out = (self._out_x @ np.asarray(x, float) + self._out_off).tolist()
-        M, n, E, bk, dt, cfg = self.M, self.n, self.E, self.base_kw, self.dt_h, self.cfg
+            if type(x) is not list:
+                x = np.asarray(x, float).tolist()
+            s_v, s_l, s_p, s_q, s_mg, s_svh, s_svl = self._x_slices
+            v = [1.0] + x[s_v]  # the root's voltage is the constant 1 p.u.
+            l_raw, P, Q = x[s_l], x[s_p], x[s_q]
+            mg = [a * bk for a in x[s_mg]]  # ΔP⁺, ΔP⁻, y, u in kW / kVar
+            slack = [a for a in map(add, x[s_svh], x[s_svl]) if a > 0.0]
+            if self._root_viol > 0.0:
+                slack.insert(0, self._root_viol)
+            z = self._z
+            h = [a * bk for a in z[4 * M: 6 * M]]  # ΔQ⁺, ΔQ⁻ headroom in kVar
+            zp = z[:M]
+        else:
+            n, E = self.n, self.E
+            v = out[:n]
+            l_raw, P, Q = out[n: n + E], out[n + E: n + 2 * E], out[n + 2 * E: n + 3 * E]
+            k = n + 3 * E
+            mg = [a * bk for a in out[k: k + 4 * M]]
+            k += 4 * M
+            slack = [a for a in out[k: k + n] if a > 0.0]
+            h = [a * bk for a in out[k + n: k + n + 2 * M]]
+            zp = out[k + n + 2 * M:]
         pi_up, pi_dn, w, c_q, c_qs = prices
         c_cur, c_shd = cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh
-        v = out[:n]
-        l = [val if val > 0.0 else 0.0 for val in out[n: n + E]]
-        P, Q = out[n + E: n + 2 * E], out[n + 2 * E: n + 3 * E]
-        k = n + 3 * E
-        mg = out[k: k + 4 * M]
-        k += 4 * M
-        slack = sum([val for val in out[k: k + n] if val > 0.0])
-        hz = out[k + n:]
+        l = [a if a > 0.0 else 0.0 for a in l_raw]
         cost, dp, dq, cur, shd, qsl = [], [], [], [], [], []
-        for u_p, d_p, y, u_q, h_up, h_dn, p in zip(mg[:M], mg[M: 2 * M], mg[2 * M: 3 * M], mg[3 * M:], hz[:M],
-                                                   hz[M: 2 * M], hz[2 * M:]):
-            u_p, d_p, y, u_q = u_p * bk, d_p * bk, y * bk, u_q * bk
+        for u_p, d_p, y, u_q, hu, hd, p in zip(mg[:M], mg[M: 2 * M], mg[2 * M: 3 * M], mg[3 * M:], h[:M], h[M:], zp):
             # y = shedding − curtailment; only one of them is allowed (by the sign of p). Solver round-off beyond
             # its bound is absorbed by ΔP, so that the node balance stays closed: ΔP − curt + shed = ΔP⁺ − ΔP⁻ + y.
             if p > 0.0:
@@ -520,21 +633,21 @@ class ConicOPF:
                 c_m, s_m = 0.0, (y if y > 0.0 else 0.0)
                 dp.append(u_p - d_p + (y - s_m))
             # u = ΔQ + reactive slack: ΔQ within its headroom, the slack beyond it
-            h_up, h_dn = h_up * bk, h_dn * bk
-            d_q = h_up if u_q > h_up else (-h_dn if u_q < -h_dn else u_q)
+            d_q = hu if u_q > hu else (-hd if u_q < -hd else u_q)
             s_q = u_q - d_q
             dq.append(d_q)
             cur.append(c_m)
             shd.append(s_m)
             qsl.append(s_q)
-            cost.append((pi_up * max(u_p, 0.0) - pi_dn * max(d_p, 0.0) + c_q * abs(d_q) + c_cur * c_m + c_shd * s_m
-                         + c_qs * abs(s_q)) * dt)
-        v_mg = [math.sqrt(max(v[j], 0.0)) for j in self._mg_node]
+            # max(a, 0.0) written out: 0.0 if 0.0 > a else a (the same value, without a call)
+            cost.append((pi_up * (0.0 if 0.0 > u_p else u_p) - pi_dn * (0.0 if 0.0 > d_p else d_p) + c_q * abs(d_q)
+                         + c_cur * c_m + c_shd * s_m + c_qs * abs(s_q)) * dt)
+        v_mg = [0.0 if 0.0 > a else sqrt(a) for a in self._v_mg(v)]  # √max(v, 0)
         losses_kw = sum([r * le for r, le in zip(self._r_list, l)]) * bk
-        v_pen = cfg.voltage_penalty_eur_per_pu_h * slack * dt
+        v_pen = cfg.voltage_penalty_eur_per_pu_h * sum(slack) * dt
         loss_cost = w * losses_kw * dt
-        gap = max([le - (p * p + q * q) / max(v[i], 1e-9) for le, p, q, i in zip(l, P, Q, self._edge_from)],
-                  default=0.0) * self._gap_to_feeder_pu
+        gap = max([le - (p * p + q * q) / (1e-9 if 1e-9 > vi else vi)  # / max(v_from, 1e-9)
+                   for le, p, q, vi in zip(l, P, Q, self._v_from(v))], default=0.0) * self._gap_to_feeder_pu
         viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
         return OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
                          viol, wall, solver_time, iters, errors, (cost, dp, dq, cur, shd, qsl, v_mg),
@@ -544,7 +657,7 @@ class ConicOPF:
         """Last resort: settle each imbalance with the main grid within headroom, then curtail or shed."""
         bk, M = self.base_kw, self.M
         p_kw, q_kvar = np.asarray(p_kw, float), np.asarray(q_kvar, float)
-        z = self._z * bk
+        z = np.asarray(self._z, float) * bk
         dpu = np.minimum(np.maximum(-p_kw, 0.0), z[2 * M: 3 * M])
         dpd = np.minimum(np.maximum(p_kw, 0.0), z[3 * M: 4 * M])
         x = np.zeros(self.n_var)
@@ -552,7 +665,7 @@ class ConicOPF:
         for name, val in (("dpu", dpu), ("dpd", dpd), ("y", -p_kw - dpu + dpd), ("u", -q_kvar)):
             x[self.ix[name]] = val / bk
         x[self.ix["v"]] = 1.0
-        res = self._result(x, prices, STATUS_SAFE_DISPATCH, "safe_dispatch", "none", wall, 0.0, 0, errors)
+        res = self._result(x.tolist(), prices, STATUS_SAFE_DISPATCH, "safe_dispatch", "none", wall, 0.0, 0, errors)
         res.relaxation_gap_pu = 0.0
         return res
 
@@ -586,10 +699,11 @@ class ConicOPF:
         if error is not None:
             return self._safe_dispatch(p_kw, q_kvar, prices, wall, [error])
         v = var["v"].value
+        z = self._z
         out = np.concatenate([v, var["l"].value, var["P"].value, var["Q"].value, var["dpu"].value, var["dpd"].value,
                               var["shd"].value - var["cur"].value,
                               var["dqu"].value - var["dqd"].value + var["qsu"].value - var["qsd"].value,
-                              var["svh"].value + var["svl"].value, self._z[4 * M: 6 * M], self._z[:M]])
+                              var["svh"].value + var["svl"].value, z[4 * M: 6 * M], z[:M]])
         stats = prob.solver_stats
         return self._result(None, prices, STATUS_OPTIMAL, "optimal", f"cvxpy/{solver}", wall,
                             float(stats.solve_time or 0.0), int(stats.num_iters or 0), [], out=out.tolist())
