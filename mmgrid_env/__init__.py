@@ -20,7 +20,7 @@ from .wrappers import DiscreteActions
 from .opf import (STATUS_FALLBACK_SOLVER, STATUS_OPTIMAL, STATUS_SAFE_DISPATCH, ConicOPF, OPFResult,
                   balancing_prices)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "parallel_env", "env", "raw_env", "MultiMicrogridEnv", "EnvConfig", "MicrogridConfig", "OPFConfig",

@@ -119,6 +119,8 @@ class MultiMicrogridEnv(ParallelEnv):
     ## Version History
 
     * v0: initial release (SOCP OPF on the reduced ``case33bw`` network, SMARD Luxembourg 2024 data).
+    * v0, package 0.2.0: ``obs_price_forecast`` takes a number of hours (``True`` still means one); new preset
+      ``"paper_day_ahead"``. Existing presets and their observations are unchanged.
     """
 
     metadata = {"name": "mmgrid_v0", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,
