@@ -24,7 +24,9 @@ Hyper-parameter sets (``Args.from_preset``):
   ε = 0.2, a buffer of 10 000 transitions per update, minibatch 96, up to 20 000 training episodes, on the
   ``"paper"`` preset (observation of eq. 24) with a critic on ``state()`` alone. The paper gives no λ, epochs,
   grad-norm or std: MAPPO's defaults (λ 0.95, 5 epochs, grad-norm 10, initial std 1), no entropy bonus.
-* ``"default"`` (the :class:`Args` defaults) — what worked best here (docs/results.md): preset ``"paper_extras"``,
+* ``"default"`` (the :class:`Args` defaults) — what worked best here (docs/results.md): preset
+  ``"paper_day_ahead"``, the trade centred on each microgrid's own balance (``action_map="balance"``) and the SoC
+  shield (``soc_shield=True``),
   γ = 0.99 (energy bought at noon is sold in the evening: γ = 0.95 discounts 8 h by a third), λ = 0.3, 10 epochs
   over 1 536-transition rollouts in minibatches of 192, actor and critic lr 1e-3 annealed to 0, initial std 0.6,
   30 000 episodes, the exogenous reward baseline (``reward_baseline="net_load"``) and the privileged critic
@@ -76,10 +78,11 @@ class Args:
     """``torch.set_num_threads``: the networks are small and the environment is CPU-bound."""
 
     # --- environment
-    env_preset: str = "paper_extras"
-    """Environment preset: ``"paper_extras"`` (default: the observation of eq. 23 plus the hour of day and a one-hour
-    price forecast) or ``"paper"`` (eq. 23 only: without the hour, a memoryless actor cannot tell morning from
-    evening at the same price, which costs battery arbitrage; see docs/results.md)."""
+    env_preset: str = "paper_day_ahead"
+    """Environment preset: ``"paper_day_ahead"`` (default: the observation of eq. 23 plus the hour of day and the
+    next 11 hours of day-ahead prices, published by the auction the day before), ``"paper_extras"`` (the hour and
+    the next hour's price only) or ``"paper"`` (eq. 23 only: without the hour, a memoryless actor cannot tell
+    morning from evening at the same price, which costs battery arbitrage; see docs/results.md)."""
     reward_mode: str = "shared"
     """``"shared"`` (cooperative: every agent gets r_t/N) or ``"individual"`` (see the env docs)."""
     num_envs: int = 8
@@ -90,8 +93,9 @@ class Args:
 
     # --- budget and rollout
     total_episodes: int = 30000
-    """Training episodes (days) in all, over all env copies (Table I: up to 20 000). 30 000 take ~13 min on 2 CPU
-    cores (762 s at 946 env steps/s, seed 1, session 2); 20 000 cost ~4 €/day more on the test days (session 1)."""
+    """Training episodes (days) in all, over all env copies (Table I: up to 20 000). 30 000 took 533-535 s at
+    ~1 350 env steps/s (two runs at once on a 2-core machine, session 4) and 1 898 s on a slower, busier one
+    (session 3); 20 000 cost ~4 €/day more on the test days (session 1)."""
     buffer_size: int = 1536
     """Joint transitions (env steps) collected per update, rounded up to whole days on every env copy
     (Table I's "experience replay pool" D = 10 000). Each joint transition holds one sample per agent."""
@@ -144,19 +148,23 @@ class Args:
     """Privileged critic input (training only): the current day's 24 prices and each microgrid's 24 net loads
     (P_load − P_PV − P_WT, ÷ load peak), appended to ``state()``. The value of stored energy depends on the
     prices still to come, which ``state()`` does not show; actors never see this."""
-    action_map: str = "direct"
+    action_map: str = "balance"
     """How the actor's four outputs become the env's action. ``"direct"``: as they are (eq. 25, clipped).
-    ``"balance"``: P_MT and P_ESS as given; the trade P_grid is centred on the microgrid's own balance,
+    ``"balance"`` (default): P_MT and P_ESS as given; the trade P_grid is centred on the microgrid's own balance,
     P_load − P_PV − P_WT − P_MT − P_ESS (the ESS power the battery can deliver at its SoC), and the grid output
     moves it by ± ``balance_residual`` of half the trade range; Q_grid likewise around Q_load. Computed from the
     agent's own observation only (see :class:`BalanceActionMap`), so execution stays decentralised."""
-    soc_shield: bool = False
-    """Clip the ESS request to what keeps the SoC inside [soc_min, soc_max] before it reaches the env (with either
+    soc_shield: bool = True
+    """(Default on.) Clip the ESS request to what keeps the SoC inside [soc_min, soc_max] before it reaches the env (with either
     action map; see :class:`BalanceActionMap`): a safety shield, so the SoC penalty is never paid. Computed from
     the agent's own observation; the policy gradient still uses the unclipped sample."""
     balance_residual: float = 0.25
     """With ``action_map="balance"``: how far (fraction of half the trade range) the grid outputs move the trade
     away from the balance."""
+    balance_mt_cover: bool = True
+    """With ``action_map="balance"``: when the balance lies beyond the trade limits, move P_MT by what the trade
+    cannot carry (see :class:`BalanceActionMap`). Without it, a policy that turns the MT off at a cheap noon of a
+    November day leaves the deficit beyond the import limit to be shed at VOLL (docs/results.md)."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
     value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
@@ -205,7 +213,7 @@ HYPERPARAMETER_SETS: dict[str, dict[str, Any]] = {
                   # not in Table I: MAPPO's defaults (Yu et al.) where they exist, else the plainest choice
                   gae_lambda=0.95, update_epochs=5, max_grad_norm=10.0, init_log_std=0.0, ent_coef=0.0,
                   anneal_lr=False, reward_baseline="none", critic_time_feature=False, critic_day_profile=False,
-                  env_preset="paper"),
+                  env_preset="paper", action_map="direct", soc_shield=False),
 }
 
 
@@ -410,8 +418,11 @@ class BalanceActionMap:
     centred on the microgrid's own balance, P_grid = clip(P_load − P_PV − P_WT − P_MT − P_ESS,feasible +
     a_grid·ρ·(P_max − P_min)/2, P_min, P_max) with ρ = ``residual``, and Q_grid = clip(Q_load + a_q·ρ·(Q_max −
     Q_min)/2, Q_min, Q_max). P_ESS,feasible is the request clipped to what the battery can deliver or absorb at
-    the observed SoC (the env's own rule), so a_grid = 0 leaves the network nothing to settle. ``balance=False``:
-    P_grid and Q_grid as the actor gives them (the ``"direct"`` map).
+    the observed SoC (the env's own rule), so a_grid = 0 leaves the network nothing to settle — unless the balance
+    lies beyond the trade limits. ``mt_cover=True`` then moves P_MT by what the trade cannot carry (up for a deficit
+    above P_max, down for a surplus below P_min, within the MT's range) before the trade is set, so that the
+    network is not left to shed load at VOLL (or curtail) what the microgrid's own turbine could have covered.
+    ``balance=False``: P_grid and Q_grid as the actor gives them (the ``"direct"`` map).
 
     ``soc_shield=True`` first clips the ESS request to what keeps SoC_{t+1} inside the *operational* limits
     [soc_min, soc_max] (the reward's soft limits), so the SoC penalty is never paid. PV, WT, load and SoC come
@@ -419,7 +430,8 @@ class BalanceActionMap:
     an action in [-1, 1]⁴.
     """
 
-    def __init__(self, env, residual: float = 0.25, balance: bool = True, soc_shield: bool = False):
+    def __init__(self, env, residual: float = 0.25, balance: bool = True, soc_shield: bool = False,
+                 mt_cover: bool = False):
         f = env.unwrapped.fleet
         self.low, self.high = f.action_low.astype(np.float64), f.action_high.astype(np.float64)
         self.span = np.where(self.high > self.low, self.high - self.low, 1.0)
@@ -432,6 +444,7 @@ class BalanceActionMap:
         self.dis_max, self.cha_max = f.ess_discharge_max_kw, f.ess_charge_max_kw
         self.soc_min, self.soc_max = f.soc_min, f.soc_max
         self.residual, self.balance, self.soc_shield = float(residual), bool(balance), bool(soc_shield)
+        self.mt_cover = bool(mt_cover)
 
     def __call__(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         a = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
@@ -446,6 +459,11 @@ class BalanceActionMap:
                             np.minimum(self.dis_max, soc * self.dis_per_soc))
             load = o[..., 2] * self.load_peak
             net = load - o[..., 0] * self.pv_scale - o[..., 1] * self.wt_scale - sp[..., 0] - p_ess
+            if self.mt_cover:  # the part of the balance beyond the trade limits goes to the MT, within its range
+                mt = np.clip(sp[..., 0] + np.clip(net - self.high[:, 2], 0.0, None)
+                             - np.clip(self.low[:, 2] - net, 0.0, None), self.low[:, 0], self.high[:, 0])
+                net = net + sp[..., 0] - mt
+                sp[..., 0] = mt
             half = 0.5 * self.span * self.residual
             sp[..., 2] = net + a[..., 2] * half[:, 2]
             sp[..., 3] = load * self.tan_phi + a[..., 3] * half[:, 3]
@@ -461,7 +479,7 @@ def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.nd
     if args.action_map == "direct" and not args.soc_shield:
         return lambda obs, act: np.clip(act, -1.0, 1.0)
     return BalanceActionMap(env, args.balance_residual, balance=args.action_map == "balance",
-                            soc_shield=args.soc_shield)
+                            soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover)
 
 
 def make_env(args: Args, **env_overrides: Any):
@@ -751,12 +769,13 @@ class MAPPOPolicy:
 
     def __init__(self, agent: MAPPOAgent, agents: list[str], deterministic: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", action_map: str | Callable | None = None,
-                 balance_residual: float = 0.25, soc_shield: bool = False):
+                 balance_residual: float = 0.25, soc_shield: bool = False, mt_cover: bool = False):
         self.agent = agent.to(device).eval()
         # "balance" needs the env's capacities: built in bind_env (the harness calls it) or given as a callable
         self._action_map_name = action_map if isinstance(action_map, str) else None
         self.action_map = action_map if callable(action_map) else None
         self.balance_residual, self.soc_shield = float(balance_residual), bool(soc_shield)
+        self.mt_cover = bool(mt_cover)
         if self._action_map_name not in (None, "direct", "balance"):
             raise ValueError(f"action_map must be 'direct', 'balance' or a callable, got {action_map!r}")
         self.agents = list(agents)
@@ -772,7 +791,7 @@ class MAPPOPolicy:
         """Build the ``"balance"`` or shielded action map from the env's capacities (the harness calls this)."""
         if self._action_map_name == "balance" or (self.soc_shield and self._action_map_name in (None, "direct")):
             self.action_map = BalanceActionMap(env, self.balance_residual, balance=self._action_map_name == "balance",
-                                               soc_shield=self.soc_shield)
+                                               soc_shield=self.soc_shield, mt_cover=self.mt_cover)
 
     @torch.no_grad()
     def __call__(self, observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -812,6 +831,11 @@ def save_checkpoint(path: str | os.PathLike, agent: MAPPOAgent, args: Args, env_
     torch.save(payload, path)
 
 
+# Args fields added after the first checkpoints, with the behaviour those checkpoints were trained with.
+_PRE_FIELD_VALUES: dict[str, Any] = {"action_map": "direct", "soc_shield": False, "balance_residual": 0.25,
+                                     "balance_mt_cover": False}
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> tuple[MAPPOAgent, Args, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
@@ -822,7 +846,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a MAPPO checkpoint of format {CHECKPOINT_FORMAT!r}")
     known = {f.name for f in dataclasses.fields(Args)}
-    args = Args(**{k: v for k, v in payload["args"].items() if k in known})
+    # a field the checkpoint predates takes the value it had before it existed, not today's default
+    saved = {**_PRE_FIELD_VALUES, **payload["args"]}
+    args = Args(**{k: v for k, v in saved.items() if k in known})
     env_info = payload["env"]
     agent = MAPPOAgent(env_info["obs_dim"], env_info["state_dim"], len(env_info["agents"]), env_info["act_dim"],
                        args)
@@ -836,5 +862,5 @@ def policy_from_checkpoint(path: str | os.PathLike, deterministic: bool = True, 
     agent, args, env_info = load_checkpoint(path, device=device)
     policy = MAPPOPolicy(agent, env_info["agents"], deterministic=deterministic, device=device,
                          action_map=args.action_map, balance_residual=args.balance_residual,
-                         soc_shield=args.soc_shield)
+                         soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover)
     return policy, args, env_info

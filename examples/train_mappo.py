@@ -2,9 +2,10 @@
 
 One command, sensible defaults, the bundled data::
 
-    python examples/train_mappo.py                          # default hyper-parameters, preset "paper"
-    python examples/train_mappo.py --env-preset paper_extras # + hour of day and a one-hour price forecast
-    python examples/train_mappo.py --hp paper                # Table I of the BMAPPO paper
+    python examples/train_mappo.py                          # default set: preset "paper_day_ahead", balance map, SoC shield
+    python examples/train_mappo.py --env-preset paper_extras # + hour of day and a one-hour price forecast only
+    python examples/train_mappo.py --action-map direct --no-soc-shield   # the actor's outputs as they are (eq. 25)
+    python examples/train_mappo.py --hp paper                # Table I of the BMAPPO paper (preset "paper", plain map)
     python examples/train_mappo.py --quick                   # smoke run: ~1 minute
 
 Any field of :class:`baselines.mappo.Args` is an option (``--total-episodes 5000``, ``--gamma 0.95``,
@@ -15,8 +16,8 @@ Any field of :class:`baselines.mappo.Args` is an option (``--total-episodes 5000
 * ``progress.csv`` (one row per update), ``episodes.csv`` (one row per training episode), TensorBoard events if
   ``tensorboard`` is installed;
 * ``learning_curve.png`` — training-episode cost and SoC-violation rate vs training episodes (smoothed);
-* ``eval_<policy>.csv`` / ``.json`` per test day, ``comparison.md`` (MAPPO vs oracle vs rule-based), and the
-  dispatch plots of one test day (``mappo_day<k>_{dispatch,soc,upper}.png``).
+* ``eval_<policy>.csv`` / ``.json`` per test day, ``comparison.md`` (MAPPO vs oracle vs rule-based; with a preset that
+  shows day-ahead prices also the same rules given those prices, ``rule_based_day_ahead``), and the dispatch plots of one test day (``mappo_day<k>_{dispatch,soc,upper}.png``).
 """
 
 from __future__ import annotations
@@ -223,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = ns.oracle_cache or str(ROOT / "runs" / "oracle_cache")
     t0 = time.perf_counter()
     policy = MAPPOPolicy(res.agent, res.env_info["agents"], deterministic=True, action_map=args.action_map,
-                         balance_residual=args.balance_residual, soc_shield=args.soc_shield)
+                         balance_residual=args.balance_residual, soc_shield=args.soc_shield,
+                         mt_cover=args.balance_mt_cover)
     results = {}
     results["mappo"] = evaluate(policy, days=days, config=args.env_preset, oracle=use_oracle, progress=progress,
                                 record=record, oracle_cache_dir=cache, name="mappo")
@@ -256,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         f.write(header + "\n\n" + table + "\n")
 
     if not ns.no_plots:
-        refs = {f"{nm} (test days, mean)": results[nm].summary()["cost_eur"] for nm in ("rule_based", "oracle")
-                if nm in results}
+        refs = {f"{nm} (test days, mean)": results[nm].summary()["cost_eur"]
+                for nm in ("rule_based", "rule_based_day_ahead", "oracle") if nm in results}
         plot_learning_curve(out / "learning_curve.png", res.episodes,
                             f"MAPPO ({ns.hp}), preset {args.env_preset}: training episodes", refs,
                             updates=res.updates)

@@ -117,8 +117,13 @@ def test_checkpoint_roundtrip_gives_identical_actions(tmp_path):
             np.testing.assert_array_equal(a1[a], a2[a])
         obs, *_ = env.step(a1)
     # sampled actions too, with the same seed
-    s1 = MAPPOPolicy(agent, env.possible_agents, deterministic=False, seed=5)(obs)
+    # (with the checkpoint's action map: the default balance map and SoC shield, which read the env's capacities)
+    pol1 = MAPPOPolicy(agent, env.possible_agents, deterministic=False, seed=5, action_map=args.action_map,
+                       soc_shield=args.soc_shield)
+    pol1.bind_env(env)
+    s1 = pol1(obs)
     pol3, _, _ = policy_from_checkpoint(path, deterministic=False)
+    pol3.bind_env(env)
     pol3._gen.manual_seed(5)
     s3 = pol3(obs)
     for a in env.possible_agents:
@@ -126,6 +131,31 @@ def test_checkpoint_roundtrip_gives_identical_actions(tmp_path):
     # the critic and the normalisers travel too
     for k, v in agent.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_checkpoint_without_newer_fields_keeps_the_behaviour_it_was_trained_with(tmp_path):
+    """A checkpoint saved before ``action_map``/``soc_shield`` existed loads with the plain map and no shield (what
+    it was trained with), not with today's defaults (balance map + shield)."""
+    env = parallel_env("paper_extras")
+    args = Args(env_preset="paper_extras", hidden=16, action_map="direct", soc_shield=False)
+    agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4, args)
+    info = {"env_preset": "paper_extras", "reward_mode": "shared", "env_overrides": {},
+            "agents": list(env.possible_agents), "obs_dim": agent.obs_dim, "state_dim": agent.state_dim, "act_dim": 4}
+    path = tmp_path / "old.pt"
+    save_checkpoint(path, agent, args, info)
+    payload = torch.load(path, weights_only=True)
+    for name in ("action_map", "soc_shield", "balance_residual", "balance_mt_cover"):
+        del payload["args"][name]
+    torch.save(payload, path)
+    assert Args().action_map == "balance" and Args().soc_shield  # today's defaults differ
+    pol, args2, _ = policy_from_checkpoint(path)
+    assert (args2.action_map, args2.soc_shield, args2.balance_residual, args2.balance_mt_cover) == \
+        ("direct", False, 0.25, False)
+    obs, _ = env.reset(seed=0, options={"split": "test"})
+    ref = MAPPOPolicy(agent, env.possible_agents)(obs)  # the plain map
+    out = pol(obs)
+    for a in env.possible_agents:
+        np.testing.assert_array_equal(out[a], ref[a])
 
 
 # ---------------------------------------------------------------------------------------------------- learning
@@ -142,8 +172,9 @@ def _day_return(agent: MAPPOAgent, day: int, preset: str) -> float:
 
 def test_short_training_improves_return_on_a_fixed_day():
     day = 0  # a training day: the run trains on this day only (Args.train_day)
+    # the plain action map: what is learned here is the whole dispatch, not a correction of the balance
     args = Args(seed=1, env_preset="paper", train_day=day, total_episodes=320, num_envs=4, buffer_size=192,
-                actor_lr=3e-3, greedy_eval_every=0)
+                actor_lr=3e-3, greedy_eval_every=0, action_map="direct", soc_shield=False)
     torch.manual_seed(args.seed)
     env = parallel_env("paper")
     untrained = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4, args)
@@ -236,6 +267,58 @@ def test_balance_action_map_closes_each_microgrid_balance():
                                bmap(o, np.stack([direct[a] for a in env.possible_agents])), atol=1e-6)
 
 
+def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
+    """mt_cover=True: a deficit beyond the import limit raises P_MT by the excess (within its range), a surplus
+    beyond the export limit lowers it; inside the limits nothing changes. Hand-computed from the fleet's ranges."""
+    from baselines.mappo import BalanceActionMap
+
+    env = parallel_env("paper_day_ahead")
+    f = env.fleet
+    n = len(env.possible_agents)
+    obs_dim = env.observation_space("mg_0").shape[0]
+    plain = BalanceActionMap(env, residual=0.25)
+    cover = BalanceActionMap(env, residual=0.25, mt_cover=True)
+
+    def setpoints(act):  # back from [-1, 1] to kW
+        return f.action_low + (act.astype(np.float64) + 1.0) * 0.5 * (f.action_high - f.action_low)
+
+    # deficit: full load, no PV/WT, MT at its minimum, ESS charging at its rated power, SoC 0.5
+    obs = np.zeros((n, obs_dim), np.float32)
+    obs[:, 2], obs[:, 4] = 1.0, 0.5
+    raw = np.tile(np.array([-1.0, -1.0, 0.0, 0.0], np.float32), (n, 1))
+    charge = np.minimum(f.ess_charge_max_kw, 0.5 * f.ess_capacity_kwh / f.ess_eta_charge)
+    net = f.load_peak_kw + charge - f.mt_min_kw  # what the microgrid must import
+    excess = np.clip(net - f.grid_p_max_kw, 0.0, None)
+    assert excess.max() > 0.0  # the case exists for some microgrid
+    sp_plain, sp_cover = setpoints(plain(obs, raw)), setpoints(cover(obs, raw))
+    np.testing.assert_allclose(sp_plain[:, 0], f.mt_min_kw, atol=1e-3)  # without cover the MT stays put
+    np.testing.assert_allclose(sp_plain[:, 2], np.minimum(net, f.grid_p_max_kw), atol=1e-3)
+    mt = np.clip(f.mt_min_kw + excess, f.mt_min_kw, f.mt_max_kw)
+    np.testing.assert_allclose(sp_cover[:, 0], mt, atol=1e-3)
+    np.testing.assert_allclose(sp_cover[:, 2], np.minimum(net - (mt - f.mt_min_kw), f.grid_p_max_kw), atol=1e-3)
+    # surplus: full PV and WT, no load, MT at its maximum, ESS discharging: the MT goes down
+    obs = np.zeros((n, obs_dim), np.float32)
+    obs[:, 0], obs[:, 1], obs[:, 4] = 1.0, 1.0, 0.5
+    raw = np.tile(np.array([1.0, 1.0, 0.0, 0.0], np.float32), (n, 1))
+    discharge = np.minimum(f.ess_discharge_max_kw, 0.5 * f.ess_capacity_kwh * f.ess_eta_discharge)
+    net = -(f.pv_kwp + f.wt_kw + f.mt_max_kw + discharge)
+    short = np.clip(f.grid_p_min_kw - net, 0.0, None)
+    assert short.max() > 0.0
+    sp_cover = setpoints(cover(obs, raw))
+    np.testing.assert_allclose(sp_cover[:, 0], np.clip(f.mt_max_kw - short, f.mt_min_kw, f.mt_max_kw), atol=1e-3)
+    # inside the limits: identical to the plain balance map
+    obs = np.zeros((n, obs_dim), np.float32)
+    obs[:, 2], obs[:, 4] = 0.3, 0.5
+    raw = np.zeros((n, 4), np.float32)
+    np.testing.assert_array_equal(cover(obs, raw), plain(obs, raw))
+    # the default Args build exactly this map (with the SoC shield); the flag turns the cover off
+    from baselines.mappo import make_action_map
+
+    default = make_action_map(Args(), env)
+    assert default.balance and default.soc_shield and default.mt_cover
+    assert not make_action_map(Args(balance_mt_cover=False), env).mt_cover
+
+
 def test_soc_shield_keeps_soc_inside_operational_limits():
     """soc_shield=True (direct map): random actor outputs over whole days never take the SoC outside
     [soc_min, soc_max]; MT and trade outputs pass through; unshielded, the same outputs leave the limits."""
@@ -243,8 +326,10 @@ def test_soc_shield_keeps_soc_inside_operational_limits():
 
     env = parallel_env("paper_extras")
     f = env.fleet
-    assert not isinstance(make_action_map(Args(), env), BalanceActionMap)  # the default stays a plain clip
-    shield = make_action_map(Args(soc_shield=True), env)
+    assert not isinstance(make_action_map(Args(action_map="direct", soc_shield=False), env), BalanceActionMap)
+    default = make_action_map(Args(), env)  # the default: balance-centred trade with the shield
+    assert isinstance(default, BalanceActionMap) and default.balance and default.soc_shield
+    shield = make_action_map(Args(action_map="direct", soc_shield=True), env)
     assert isinstance(shield, BalanceActionMap) and not shield.balance
     rng = np.random.default_rng(5)
     raws = rng.uniform(-1, 1, (4, 24, 4, 4)).astype(np.float32)
