@@ -151,3 +151,17 @@ def test_net_load_reward_baseline_by_hand():
     np.testing.assert_allclose(net_load_cost(infos, ["a", "b"], "individual", dt_h=0.5), [6.0, -2.5])
     with pytest.raises(ValueError, match="reward_baseline"):
         train(Args(reward_baseline="mean", total_steps=1), progress=False)
+
+
+def test_same_seed_same_run():
+    """AP-DQN (attention + PER) twice with one seed: identical weights and episode costs; another seed differs."""
+    from baselines.ap_dqn import train
+
+    args = Args(variant="ap_dqn", total_steps=240, learning_starts=48, batch_size=16, seed=3)
+    r1, r2 = train(args, progress=False), train(args, progress=False)
+    assert r1.updates > 100
+    for k, v in r1.qnet.state_dict().items():
+        torch.testing.assert_close(r2.qnet.state_dict()[k], v, rtol=0, atol=0)
+    assert [row["cost_eur"] for row in r1.log] == [row["cost_eur"] for row in r2.log]
+    r3 = train(Args(variant="ap_dqn", total_steps=240, learning_starts=48, batch_size=16, seed=4), progress=False)
+    assert any(not torch.equal(r3.qnet.state_dict()[k], v) for k, v in r1.qnet.state_dict().items())
