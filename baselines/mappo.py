@@ -165,6 +165,9 @@ class Args:
     """With ``action_map="balance"``: when the balance lies beyond the trade limits, move P_MT by what the trade
     cannot carry (see :class:`BalanceActionMap`). Without it, a policy that turns the MT off at a cheap noon of a
     November day leaves the deficit beyond the import limit to be shed at VOLL (docs/results.md)."""
+    mt_merit_order: bool = False
+    """Run each MT in merit order, P_MT = clip((c_t − b)/(2a)) of the observed price (the rule-based policy's MT
+    rule, AP-DQN's default), instead of the actor's MT output, which is then unused."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
     value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
@@ -431,7 +434,7 @@ class BalanceActionMap:
     """
 
     def __init__(self, env, residual: float = 0.25, balance: bool = True, soc_shield: bool = False,
-                 mt_cover: bool = False):
+                 mt_cover: bool = False, mt_merit_order: bool = False):
         f = env.unwrapped.fleet
         self.low, self.high = f.action_low.astype(np.float64), f.action_high.astype(np.float64)
         self.span = np.where(self.high > self.low, self.high - self.low, 1.0)
@@ -444,13 +447,18 @@ class BalanceActionMap:
         self.dis_max, self.cha_max = f.ess_discharge_max_kw, f.ess_charge_max_kw
         self.soc_min, self.soc_max = f.soc_min, f.soc_max
         self.residual, self.balance, self.soc_shield = float(residual), bool(balance), bool(soc_shield)
-        self.mt_cover = bool(mt_cover)
+        self.mt_cover, self.mt_merit_order = bool(mt_cover), bool(mt_merit_order)
+        self.price_scale = float(env.unwrapped.config.price_scale_eur_per_kwh)
+        self.mt_a, self.mt_b = f.mt_cost_a_eur_per_kw2h, f.mt_cost_b_eur_per_kwh
 
     def __call__(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         a = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
         o = np.asarray(obs, np.float64)
         sp = self.low + (a + 1.0) * 0.5 * self.span  # set-points of the direct map
         soc = np.clip(o[..., 4], 0.0, 1.0)
+        if self.mt_merit_order:  # P_MT where the observed price meets the marginal cost b + 2a·P (MT output unused)
+            price = o[..., 3] * self.price_scale
+            sp[..., 0] = np.clip((price - self.mt_b) / (2.0 * self.mt_a), self.low[:, 0], self.high[:, 0])
         if self.soc_shield:  # 1e-6 margin: the observed SoC is float32
             sp[..., 1] = np.clip(sp[..., 1], -np.clip(self.soc_max - soc - 1e-6, 0.0, None) * self.cha_per_soc,
                                  np.clip(soc - self.soc_min - 1e-6, 0.0, None) * self.dis_per_soc)
@@ -476,10 +484,11 @@ def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.nd
     ``args.soc_shield`` say."""
     if args.action_map not in ("direct", "balance"):
         raise ValueError(f"action_map must be 'direct' or 'balance', got {args.action_map!r}")
-    if args.action_map == "direct" and not args.soc_shield:
+    if args.action_map == "direct" and not args.soc_shield and not args.mt_merit_order:
         return lambda obs, act: np.clip(act, -1.0, 1.0)
     return BalanceActionMap(env, args.balance_residual, balance=args.action_map == "balance",
-                            soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover)
+                            soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover,
+                            mt_merit_order=args.mt_merit_order)
 
 
 def make_env(args: Args, **env_overrides: Any):
@@ -769,13 +778,14 @@ class MAPPOPolicy:
 
     def __init__(self, agent: MAPPOAgent, agents: list[str], deterministic: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", action_map: str | Callable | None = None,
-                 balance_residual: float = 0.25, soc_shield: bool = False, mt_cover: bool = False):
+                 balance_residual: float = 0.25, soc_shield: bool = False, mt_cover: bool = False,
+                 mt_merit_order: bool = False):
         self.agent = agent.to(device).eval()
         # "balance" needs the env's capacities: built in bind_env (the harness calls it) or given as a callable
         self._action_map_name = action_map if isinstance(action_map, str) else None
         self.action_map = action_map if callable(action_map) else None
         self.balance_residual, self.soc_shield = float(balance_residual), bool(soc_shield)
-        self.mt_cover = bool(mt_cover)
+        self.mt_cover, self.mt_merit_order = bool(mt_cover), bool(mt_merit_order)
         if self._action_map_name not in (None, "direct", "balance"):
             raise ValueError(f"action_map must be 'direct', 'balance' or a callable, got {action_map!r}")
         self.agents = list(agents)
@@ -789,9 +799,11 @@ class MAPPOPolicy:
 
     def bind_env(self, env) -> None:
         """Build the ``"balance"`` or shielded action map from the env's capacities (the harness calls this)."""
-        if self._action_map_name == "balance" or (self.soc_shield and self._action_map_name in (None, "direct")):
+        if self._action_map_name == "balance" or ((self.soc_shield or self.mt_merit_order)
+                                                  and self._action_map_name in (None, "direct")):
             self.action_map = BalanceActionMap(env, self.balance_residual, balance=self._action_map_name == "balance",
-                                               soc_shield=self.soc_shield, mt_cover=self.mt_cover)
+                                               soc_shield=self.soc_shield, mt_cover=self.mt_cover,
+                                               mt_merit_order=self.mt_merit_order)
 
     @torch.no_grad()
     def __call__(self, observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -807,9 +819,10 @@ class MAPPOPolicy:
             act = (dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self._gen,
                                                          device=self.device)).clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
-        if (self._action_map_name == "balance" or self.soc_shield) and self.action_map is None:
-            raise RuntimeError("MAPPOPolicy(action_map='balance' or soc_shield=True) needs the env's capacities: "
-                               "call bind_env(env)")
+        needs_env = self._action_map_name == "balance" or self.soc_shield or self.mt_merit_order
+        if needs_env and self.action_map is None:
+            raise RuntimeError("MAPPOPolicy(action_map='balance', soc_shield=True or mt_merit_order=True) needs the "
+                               "env's capacities: call bind_env(env)")
         if self.action_map is not None:
             if [self.index[a] for a in names] != list(range(len(self.agents))):
                 raise ValueError("the action map needs every agent's observation, in agent order")
@@ -833,7 +846,7 @@ def save_checkpoint(path: str | os.PathLike, agent: MAPPOAgent, args: Args, env_
 
 # Args fields added after the first checkpoints, with the behaviour those checkpoints were trained with.
 _PRE_FIELD_VALUES: dict[str, Any] = {"action_map": "direct", "soc_shield": False, "balance_residual": 0.25,
-                                     "balance_mt_cover": False}
+                                     "balance_mt_cover": False, "mt_merit_order": False}
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
@@ -862,5 +875,6 @@ def policy_from_checkpoint(path: str | os.PathLike, deterministic: bool = True, 
     agent, args, env_info = load_checkpoint(path, device=device)
     policy = MAPPOPolicy(agent, env_info["agents"], deterministic=deterministic, device=device,
                          action_map=args.action_map, balance_residual=args.balance_residual,
-                         soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover)
+                         soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover,
+                         mt_merit_order=args.mt_merit_order)
     return policy, args, env_info

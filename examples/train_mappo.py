@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     policy = MAPPOPolicy(res.agent, res.env_info["agents"], deterministic=True, action_map=args.action_map,
                          balance_residual=args.balance_residual, soc_shield=args.soc_shield,
-                         mt_cover=args.balance_mt_cover)
+                         mt_cover=args.balance_mt_cover, mt_merit_order=args.mt_merit_order)
     results = {}
     results["mappo"] = evaluate(policy, days=days, config=args.env_preset, oracle=use_oracle, progress=progress,
                                 record=record, oracle_cache_dir=cache, name="mappo")

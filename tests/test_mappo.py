@@ -319,6 +319,45 @@ def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
     assert not make_action_map(Args(balance_mt_cover=False), env).mt_cover
 
 
+def test_mt_merit_order_runs_the_turbine_at_the_price_optimal_set_point():
+    """mt_merit_order=True: P_MT = clip((c − b)/(2a), MT range) of the observed price, whatever the actor's MT
+    output; the policy needs the env's data (bind_env) and builds the same map."""
+    from baselines.mappo import BalanceActionMap, make_action_map
+
+    env = parallel_env("paper_day_ahead")
+    f = env.fleet
+    assert not Args().mt_merit_order
+    m = make_action_map(Args(mt_merit_order=True), env)
+    assert isinstance(m, BalanceActionMap) and m.mt_merit_order and m.mt_cover
+    merit = BalanceActionMap(env, residual=0.25, mt_merit_order=True)  # without the cover: the formula exactly
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(options={"day": 9})
+    n_mid = 0
+    while env.agents:
+        o = np.stack([obs[a] for a in env.possible_agents])
+        act = merit(o, rng.uniform(-1, 1, (4, 4)).astype(np.float32))
+        p_mt = f.action_low[:, 0] + (act[:, 0].astype(np.float64) + 1) / 2 * (f.action_high[:, 0] - f.action_low[:, 0])
+        price = o[:, 3].astype(np.float64) * env.config.price_scale_eur_per_kwh
+        want = np.clip((price - f.mt_cost_b_eur_per_kwh) / (2 * f.mt_cost_a_eur_per_kw2h), f.mt_min_kw, f.mt_max_kw)
+        np.testing.assert_allclose(p_mt, want, atol=1e-4 * f.mt_max_kw.max())  # float32 actions
+        n_mid += int(np.sum((want > f.mt_min_kw + 1) & (want < f.mt_max_kw - 1)))
+        obs, *_ = env.step({a: act[i] for i, a in enumerate(env.possible_agents)})
+    assert n_mid > 0  # some hours between the MT's limits: the formula itself was checked, not only its clip
+    agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4,
+                       Args(critic_day_profile=False))
+    pol = MAPPOPolicy(agent, env.possible_agents, action_map="balance", soc_shield=True, mt_cover=True,
+                      mt_merit_order=True)
+    obs, _ = env.reset(options={"day": 9})
+    with pytest.raises(RuntimeError, match="bind_env"):
+        pol(obs)
+    pol.bind_env(env)
+    out = pol(obs)
+    raw = MAPPOPolicy(agent, env.possible_agents)(obs)
+    o = np.stack([obs[a] for a in env.possible_agents])
+    np.testing.assert_allclose(np.stack([out[a] for a in env.possible_agents]),
+                               m(o, np.stack([raw[a] for a in env.possible_agents])), atol=1e-6)
+
+
 def test_soc_shield_keeps_soc_inside_operational_limits():
     """soc_shield=True (direct map): random actor outputs over whole days never take the SoC outside
     [soc_min, soc_max]; MT and trade outputs pass through; unshielded, the same outputs leave the limits."""

@@ -80,7 +80,8 @@ def test_cli_one_iteration(tmp_path):
     ckpt = tmp_path / "ckpt"
     cmd = [sys.executable, str(EXAMPLE), "--iterations", "1", "--batch-size", str(HOURS * 10),
            "--minibatch-size", "120", "--epochs", "1", "--eval-days", "1", "--checkpoint", str(ckpt)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=ENV)
+    # Ray starts many processes: 240 s ran out on a 2-core machine with two training jobs on it
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=480, env=ENV)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     lines = [json.loads(s) for s in proc.stdout.splitlines() if s.startswith("{")]
     it, ev = lines
