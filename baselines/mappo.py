@@ -25,8 +25,9 @@ Hyper-parameter sets (``Args.from_preset``):
   ``"paper"`` preset (observation of eq. 24) with a critic on ``state()`` alone. The paper gives no λ, epochs,
   grad-norm or std: MAPPO's defaults (λ 0.95, 5 epochs, grad-norm 10, initial std 1), no entropy bonus.
 * ``"default"`` (the :class:`Args` defaults) — what worked best here (docs/results.md): preset
-  ``"paper_day_ahead"``, the trade centred on each microgrid's own balance (``action_map="balance"``) and the SoC
-  shield (``soc_shield=True``),
+  ``"paper_day_ahead"``, the trade centred on each microgrid's own balance (``action_map="balance"``), the SoC
+  shield (``soc_shield=True``), the MT in merit order of the observed price (``mt_merit_order=True``; the actor
+  then decides the battery and the trade offsets),
   γ = 0.99 (energy bought at noon is sold in the evening: γ = 0.95 discounts 8 h by a third), λ = 0.3, 10 epochs
   over 1 536-transition rollouts in minibatches of 192, actor and critic lr 1e-3 annealed to 0, initial std 0.6,
   30 000 episodes, the exogenous reward baseline (``reward_baseline="net_load"``) and the privileged critic
@@ -165,8 +166,8 @@ class Args:
     """With ``action_map="balance"``: when the balance lies beyond the trade limits, move P_MT by what the trade
     cannot carry (see :class:`BalanceActionMap`). Without it, a policy that turns the MT off at a cheap noon of a
     November day leaves the deficit beyond the import limit to be shed at VOLL (docs/results.md)."""
-    mt_merit_order: bool = False
-    """Run each MT in merit order, P_MT = clip((c_t − b)/(2a)) of the observed price (the rule-based policy's MT
+    mt_merit_order: bool = True
+    """(Default on.) Run each MT in merit order, P_MT = clip((c_t − b)/(2a)) of the observed price (the rule-based policy's MT
     rule, AP-DQN's default), instead of the actor's MT output, which is then unused."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
@@ -216,7 +217,7 @@ HYPERPARAMETER_SETS: dict[str, dict[str, Any]] = {
                   # not in Table I: MAPPO's defaults (Yu et al.) where they exist, else the plainest choice
                   gae_lambda=0.95, update_epochs=5, max_grad_norm=10.0, init_log_std=0.0, ent_coef=0.0,
                   anneal_lr=False, reward_baseline="none", critic_time_feature=False, critic_day_profile=False,
-                  env_preset="paper", action_map="direct", soc_shield=False),
+                  env_preset="paper", action_map="direct", soc_shield=False, mt_merit_order=False),
 }
 
 

@@ -2,9 +2,12 @@
 
 One command, sensible defaults, the bundled data::
 
-    python examples/train_mappo.py                          # default set: preset "paper_day_ahead", balance map, SoC shield
+    python examples/train_mappo.py                          # default set (preset "paper_day_ahead", action map)
     python examples/train_mappo.py --env-preset paper_extras # + hour of day and a one-hour price forecast only
-    python examples/train_mappo.py --action-map direct --no-soc-shield   # the actor's outputs as they are (eq. 25)
+    python examples/train_mappo.py --action-map direct --no-soc-shield --no-mt-merit-order   # outputs as they are
+
+The default action map (``baselines.mappo.BalanceActionMap``) centres each trade on the microgrid's balance, keeps
+the SoC inside its limits, runs the MT in merit order and lets it cover what the trade limits cannot carry.
     python examples/train_mappo.py --hp paper                # Table I of the BMAPPO paper (preset "paper", plain map)
     python examples/train_mappo.py --quick                   # smoke run: ~1 minute
 

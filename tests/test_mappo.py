@@ -119,7 +119,7 @@ def test_checkpoint_roundtrip_gives_identical_actions(tmp_path):
     # sampled actions too, with the same seed
     # (with the checkpoint's action map: the default balance map and SoC shield, which read the env's capacities)
     pol1 = MAPPOPolicy(agent, env.possible_agents, deterministic=False, seed=5, action_map=args.action_map,
-                       soc_shield=args.soc_shield)
+                       soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover, mt_merit_order=args.mt_merit_order)
     pol1.bind_env(env)
     s1 = pol1(obs)
     pol3, _, _ = policy_from_checkpoint(path, deterministic=False)
@@ -137,14 +137,14 @@ def test_checkpoint_without_newer_fields_keeps_the_behaviour_it_was_trained_with
     """A checkpoint saved before ``action_map``/``soc_shield`` existed loads with the plain map and no shield (what
     it was trained with), not with today's defaults (balance map + shield)."""
     env = parallel_env("paper_extras")
-    args = Args(env_preset="paper_extras", hidden=16, action_map="direct", soc_shield=False)
+    args = Args(env_preset="paper_extras", hidden=16, action_map="direct", soc_shield=False, mt_merit_order=False)
     agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4, args)
     info = {"env_preset": "paper_extras", "reward_mode": "shared", "env_overrides": {},
             "agents": list(env.possible_agents), "obs_dim": agent.obs_dim, "state_dim": agent.state_dim, "act_dim": 4}
     path = tmp_path / "old.pt"
     save_checkpoint(path, agent, args, info)
     payload = torch.load(path, weights_only=True)
-    for name in ("action_map", "soc_shield", "balance_residual", "balance_mt_cover"):
+    for name in ("action_map", "soc_shield", "balance_residual", "balance_mt_cover", "mt_merit_order"):
         del payload["args"][name]
     torch.save(payload, path)
     assert Args().action_map == "balance" and Args().soc_shield  # today's defaults differ
@@ -174,7 +174,7 @@ def test_short_training_improves_return_on_a_fixed_day():
     day = 0  # a training day: the run trains on this day only (Args.train_day)
     # the plain action map: what is learned here is the whole dispatch, not a correction of the balance
     args = Args(seed=1, env_preset="paper", train_day=day, total_episodes=320, num_envs=4, buffer_size=192,
-                actor_lr=3e-3, greedy_eval_every=0, action_map="direct", soc_shield=False)
+                actor_lr=3e-3, greedy_eval_every=0, action_map="direct", soc_shield=False, mt_merit_order=False)
     torch.manual_seed(args.seed)
     env = parallel_env("paper")
     untrained = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4, args)
@@ -253,9 +253,15 @@ def test_balance_action_map_closes_each_microgrid_balance():
                 assert moved_kw == pytest.approx(0.5 * 0.25 * span / 2, rel=1e-4)
     assert n_checked > 48
     # the policy builds the same map from the env the harness binds
-    agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0] + 0, 4, 4,
+    _assert_policy_builds_map(env, bmap, action_map="balance")
+
+
+def _assert_policy_builds_map(env, expected_map, **policy_kwargs):
+    """MAPPOPolicy(**policy_kwargs) refuses to act before bind_env, then acts as ``expected_map`` applied to the
+    actor's plain (direct-map) output."""
+    agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4,
                        Args(critic_day_profile=False))
-    pol = MAPPOPolicy(agent, env.possible_agents, action_map="balance")
+    pol = MAPPOPolicy(agent, env.possible_agents, **policy_kwargs)
     obs, _ = env.reset(seed=0, options={"day": 9})
     with pytest.raises(RuntimeError, match="bind_env"):
         pol(obs)
@@ -264,7 +270,7 @@ def test_balance_action_map_closes_each_microgrid_balance():
     direct = MAPPOPolicy(agent, env.possible_agents)(obs)
     o = np.stack([obs[a] for a in env.possible_agents])
     np.testing.assert_allclose(np.stack([out[a] for a in env.possible_agents]),
-                               bmap(o, np.stack([direct[a] for a in env.possible_agents])), atol=1e-6)
+                               expected_map(o, np.stack([direct[a] for a in env.possible_agents])), atol=1e-6)
 
 
 def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
@@ -315,7 +321,7 @@ def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
     from baselines.mappo import make_action_map
 
     default = make_action_map(Args(), env)
-    assert default.balance and default.soc_shield and default.mt_cover
+    assert default.balance and default.soc_shield and default.mt_cover and default.mt_merit_order
     assert not make_action_map(Args(balance_mt_cover=False), env).mt_cover
 
 
@@ -326,8 +332,8 @@ def test_mt_merit_order_runs_the_turbine_at_the_price_optimal_set_point():
 
     env = parallel_env("paper_day_ahead")
     f = env.fleet
-    assert not Args().mt_merit_order
-    m = make_action_map(Args(mt_merit_order=True), env)
+    assert Args().mt_merit_order and not Args.from_preset("paper").mt_merit_order
+    m = make_action_map(Args(), env)
     assert isinstance(m, BalanceActionMap) and m.mt_merit_order and m.mt_cover
     merit = BalanceActionMap(env, residual=0.25, mt_merit_order=True)  # without the cover: the formula exactly
     rng = np.random.default_rng(0)
@@ -343,19 +349,7 @@ def test_mt_merit_order_runs_the_turbine_at_the_price_optimal_set_point():
         n_mid += int(np.sum((want > f.mt_min_kw + 1) & (want < f.mt_max_kw - 1)))
         obs, *_ = env.step({a: act[i] for i, a in enumerate(env.possible_agents)})
     assert n_mid > 0  # some hours between the MT's limits: the formula itself was checked, not only its clip
-    agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4,
-                       Args(critic_day_profile=False))
-    pol = MAPPOPolicy(agent, env.possible_agents, action_map="balance", soc_shield=True, mt_cover=True,
-                      mt_merit_order=True)
-    obs, _ = env.reset(options={"day": 9})
-    with pytest.raises(RuntimeError, match="bind_env"):
-        pol(obs)
-    pol.bind_env(env)
-    out = pol(obs)
-    raw = MAPPOPolicy(agent, env.possible_agents)(obs)
-    o = np.stack([obs[a] for a in env.possible_agents])
-    np.testing.assert_allclose(np.stack([out[a] for a in env.possible_agents]),
-                               m(o, np.stack([raw[a] for a in env.possible_agents])), atol=1e-6)
+    _assert_policy_builds_map(env, m, action_map="balance", soc_shield=True, mt_cover=True, mt_merit_order=True)
 
 
 def test_soc_shield_keeps_soc_inside_operational_limits():
@@ -365,10 +359,11 @@ def test_soc_shield_keeps_soc_inside_operational_limits():
 
     env = parallel_env("paper_extras")
     f = env.fleet
-    assert not isinstance(make_action_map(Args(action_map="direct", soc_shield=False), env), BalanceActionMap)
+    assert not isinstance(make_action_map(Args(action_map="direct", soc_shield=False, mt_merit_order=False), env),
+                          BalanceActionMap)
     default = make_action_map(Args(), env)  # the default: balance-centred trade with the shield
     assert isinstance(default, BalanceActionMap) and default.balance and default.soc_shield
-    shield = make_action_map(Args(action_map="direct", soc_shield=True), env)
+    shield = make_action_map(Args(action_map="direct", soc_shield=True, mt_merit_order=False), env)
     assert isinstance(shield, BalanceActionMap) and not shield.balance
     rng = np.random.default_rng(5)
     raws = rng.uniform(-1, 1, (4, 24, 4, 4)).astype(np.float32)
