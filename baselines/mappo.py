@@ -94,9 +94,10 @@ class Args:
 
     # --- budget and rollout
     total_episodes: int = 30000
-    """Training episodes (days) in all, over all env copies (Table I: up to 20 000). 30 000 took 533-535 s at
-    ~1 350 env steps/s (two runs at once on a 2-core machine, session 4) and 1 898 s on a slower, busier one
-    (session 3); 20 000 cost ~4 €/day more on the test days (session 1)."""
+    """Training episodes (days) in all, over all env copies (Table I: up to 20 000). 30 000 took 708-711 s at
+    ~1 015 env steps/s (the defaults, two runs at once on a 2-core machine, session 4; 482 s alone) and 1 898 s on
+    a slower, busier machine (session 3, without the MT rule); 20 000 cost ~4 €/day more on the test days
+    (session 1)."""
     buffer_size: int = 1536
     """Joint transitions (env steps) collected per update, rounded up to whole days on every env copy
     (Table I's "experience replay pool" D = 10 000). Each joint transition holds one sample per agent."""
@@ -156,9 +157,9 @@ class Args:
     moves it by ± ``balance_residual`` of half the trade range; Q_grid likewise around Q_load. Computed from the
     agent's own observation only (see :class:`BalanceActionMap`), so execution stays decentralised."""
     soc_shield: bool = True
-    """(Default on.) Clip the ESS request to what keeps the SoC inside [soc_min, soc_max] before it reaches the env (with either
-    action map; see :class:`BalanceActionMap`): a safety shield, so the SoC penalty is never paid. Computed from
-    the agent's own observation; the policy gradient still uses the unclipped sample."""
+    """(Default on.) Clip the ESS request to what keeps the SoC inside [soc_min, soc_max] before it reaches the
+    env (with either action map; see :class:`BalanceActionMap`): a safety shield, so the SoC penalty is never paid.
+    Computed from the agent's own observation; the policy gradient still uses the unclipped sample."""
     balance_residual: float = 0.25
     """With ``action_map="balance"``: how far (fraction of half the trade range) the grid outputs move the trade
     away from the balance."""
@@ -167,8 +168,8 @@ class Args:
     cannot carry (see :class:`BalanceActionMap`). Without it, a policy that turns the MT off at a cheap noon of a
     November day leaves the deficit beyond the import limit to be shed at VOLL (docs/results.md)."""
     mt_merit_order: bool = True
-    """(Default on.) Run each MT in merit order, P_MT = clip((c_t − b)/(2a)) of the observed price (the rule-based policy's MT
-    rule, AP-DQN's default), instead of the actor's MT output, which is then unused."""
+    """(Default on.) Run each MT in merit order, P_MT = clip((c_t − b)/(2a)) of the observed price (the rule-based
+    policy's MT rule, AP-DQN's default), instead of the actor's MT output, which is then unused."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
     value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
@@ -428,6 +429,9 @@ class BalanceActionMap:
     network is not left to shed load at VOLL (or curtail) what the microgrid's own turbine could have covered.
     ``balance=False``: P_grid and Q_grid as the actor gives them (the ``"direct"`` map).
 
+    ``mt_merit_order=True`` replaces the actor's P_MT by the merit-order set-point of the observed price,
+    clip((c_t − b)/(2a), P_MT,min, P_MT,max) (before the cover, which may raise it further).
+
     ``soc_shield=True`` first clips the ESS request to what keeps SoC_{t+1} inside the *operational* limits
     [soc_min, soc_max] (the reward's soft limits), so the SoC penalty is never paid. PV, WT, load and SoC come
     from observation columns 0–2 and 4 times the capacities of ``env.fleet``. The result is expressed again as
@@ -482,7 +486,7 @@ class BalanceActionMap:
 
 def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
     """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``, as ``args.action_map`` and
-    ``args.soc_shield`` say."""
+    ``args.soc_shield``, ``args.balance_mt_cover`` and ``args.mt_merit_order`` say."""
     if args.action_map not in ("direct", "balance"):
         raise ValueError(f"action_map must be 'direct' or 'balance', got {args.action_map!r}")
     if args.action_map == "direct" and not args.soc_shield and not args.mt_merit_order:

@@ -20,7 +20,8 @@ Any field of :class:`baselines.mappo.Args` is an option (``--total-episodes 5000
   ``tensorboard`` is installed;
 * ``learning_curve.png`` — training-episode cost and SoC-violation rate vs training episodes (smoothed);
 * ``eval_<policy>.csv`` / ``.json`` per test day, ``comparison.md`` (MAPPO vs oracle vs rule-based; with a preset that
-  shows day-ahead prices also the same rules given those prices, ``rule_based_day_ahead``), and the dispatch plots of one test day (``mappo_day<k>_{dispatch,soc,upper}.png``).
+  shows day-ahead prices also the same rules given those prices, ``rule_based_day_ahead``), and the dispatch
+  plots of one test day (``mappo_day<k>_{dispatch,soc,upper}.png``).
 """
 
 from __future__ import annotations
