@@ -152,7 +152,8 @@ class Args:
     prices still to come, which ``state()`` does not show; actors never see this."""
     action_map: str = "balance"
     """How the actor's four outputs become the env's action. ``"direct"``: as they are (eq. 25, clipped).
-    ``"balance"`` (default): P_MT and P_ESS as given; the trade P_grid is centred on the microgrid's own balance,
+    ``"balance"`` (default): P_MT and P_ESS as given (then adjusted by ``soc_shield``, ``mt_merit_order`` and
+    ``balance_mt_cover``); the trade P_grid is centred on the microgrid's own balance,
     P_load − P_PV − P_WT − P_MT − P_ESS (the ESS power the battery can deliver at its SoC), and the grid output
     moves it by ± ``balance_residual`` of half the trade range; Q_grid likewise around Q_load. Computed from the
     agent's own observation only (see :class:`BalanceActionMap`), so execution stays decentralised."""
@@ -455,6 +456,7 @@ class BalanceActionMap:
         self.mt_cover, self.mt_merit_order = bool(mt_cover), bool(mt_merit_order)
         self.price_scale = float(env.unwrapped.config.price_scale_eur_per_kwh)
         self.mt_a, self.mt_b = f.mt_cost_a_eur_per_kw2h, f.mt_cost_b_eur_per_kwh
+        self.half_residual = 0.5 * self.span * self.residual  # how far a grid output of ±1 moves the trade
 
     def __call__(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
         a = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
@@ -477,11 +479,16 @@ class BalanceActionMap:
                              - np.clip(self.low[:, 2] - net, 0.0, None), self.low[:, 0], self.high[:, 0])
                 net = net + sp[..., 0] - mt
                 sp[..., 0] = mt
-            half = 0.5 * self.span * self.residual
+            half = self.half_residual
             sp[..., 2] = net + a[..., 2] * half[:, 2]
             sp[..., 3] = load * self.tan_phi + a[..., 3] * half[:, 3]
         sp = np.clip(sp, self.low, self.high)
         return np.clip(2.0 * (sp - self.low) / self.span - 1.0, -1.0, 1.0).astype(np.float32)
+
+
+def _needs_balance_map(name: str, soc_shield: bool, mt_merit_order: bool) -> bool:
+    """Whether the map reads the env's capacities (a :class:`BalanceActionMap`) or is a plain clip."""
+    return name == "balance" or soc_shield or mt_merit_order
 
 
 def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
@@ -489,7 +496,7 @@ def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.nd
     ``args.soc_shield``, ``args.balance_mt_cover`` and ``args.mt_merit_order`` say."""
     if args.action_map not in ("direct", "balance"):
         raise ValueError(f"action_map must be 'direct' or 'balance', got {args.action_map!r}")
-    if args.action_map == "direct" and not args.soc_shield and not args.mt_merit_order:
+    if not _needs_balance_map(args.action_map, args.soc_shield, args.mt_merit_order):
         return lambda obs, act: np.clip(act, -1.0, 1.0)
     return BalanceActionMap(env, args.balance_residual, balance=args.action_map == "balance",
                             soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover,
@@ -786,13 +793,19 @@ class MAPPOPolicy:
                  balance_residual: float = 0.25, soc_shield: bool = False, mt_cover: bool = False,
                  mt_merit_order: bool = False):
         self.agent = agent.to(device).eval()
-        # "balance" needs the env's capacities: built in bind_env (the harness calls it) or given as a callable
-        self._action_map_name = action_map if isinstance(action_map, str) else None
+        # a named map that reads the env's capacities is built in bind_env (the harness calls it); a callable is
+        # used as it is
         self.action_map = action_map if callable(action_map) else None
-        self.balance_residual, self.soc_shield = float(balance_residual), bool(soc_shield)
-        self.mt_cover, self.mt_merit_order = bool(mt_cover), bool(mt_merit_order)
-        if self._action_map_name not in (None, "direct", "balance"):
-            raise ValueError(f"action_map must be 'direct', 'balance' or a callable, got {action_map!r}")
+        if not callable(action_map):
+            if action_map is None:
+                action_map = "direct"
+            elif not isinstance(action_map, str) or action_map not in ("direct", "balance"):
+                raise ValueError(f"action_map must be 'direct', 'balance' or a callable, got {action_map!r}")
+        # the named map's settings, in the Args fields make_action_map reads
+        self._map_args = None if callable(action_map) else Args(
+            action_map=action_map, balance_residual=float(balance_residual), soc_shield=bool(soc_shield),
+            balance_mt_cover=bool(mt_cover), mt_merit_order=bool(mt_merit_order))
+        self._needs_env = self._map_args is not None and _needs_balance_map(action_map, soc_shield, mt_merit_order)
         self.agents = list(agents)
         self.index = {a: i for i, a in enumerate(self.agents)}
         self.deterministic = deterministic
@@ -802,13 +815,17 @@ class MAPPOPolicy:
     def reset(self) -> None:
         """Nothing to reset: the policy is memoryless (called by the harness before each day)."""
 
+    @classmethod
+    def from_args(cls, agent: MAPPOAgent, agents: list[str], args: Args, **kwargs: Any) -> "MAPPOPolicy":
+        """The policy with the action map ``args`` trained with (``kwargs``: deterministic, seed, device)."""
+        return cls(agent, agents, action_map=args.action_map, balance_residual=args.balance_residual,
+                   soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover, mt_merit_order=args.mt_merit_order,
+                   **kwargs)
+
     def bind_env(self, env) -> None:
-        """Build the ``"balance"`` or shielded action map from the env's capacities (the harness calls this)."""
-        if self._action_map_name == "balance" or ((self.soc_shield or self.mt_merit_order)
-                                                  and self._action_map_name in (None, "direct")):
-            self.action_map = BalanceActionMap(env, self.balance_residual, balance=self._action_map_name == "balance",
-                                               soc_shield=self.soc_shield, mt_cover=self.mt_cover,
-                                               mt_merit_order=self.mt_merit_order)
+        """Build the action map from the env's capacities (the harness calls this)."""
+        if self._needs_env:
+            self.action_map = make_action_map(self._map_args, env)
 
     @torch.no_grad()
     def __call__(self, observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -824,8 +841,7 @@ class MAPPOPolicy:
             act = (dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self._gen,
                                                          device=self.device)).clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
-        needs_env = self._action_map_name == "balance" or self.soc_shield or self.mt_merit_order
-        if needs_env and self.action_map is None:
+        if self._needs_env and self.action_map is None:
             raise RuntimeError("MAPPOPolicy(action_map='balance', soc_shield=True or mt_merit_order=True) needs the "
                                "env's capacities: call bind_env(env)")
         if self.action_map is not None:
@@ -878,8 +894,5 @@ def policy_from_checkpoint(path: str | os.PathLike, deterministic: bool = True, 
                            ) -> tuple[MAPPOPolicy, Args, dict[str, Any]]:
     """``(policy, args, env_info)`` for a saved checkpoint; evaluate it on ``env_info["env_preset"]``."""
     agent, args, env_info = load_checkpoint(path, device=device)
-    policy = MAPPOPolicy(agent, env_info["agents"], deterministic=deterministic, device=device,
-                         action_map=args.action_map, balance_residual=args.balance_residual,
-                         soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover,
-                         mt_merit_order=args.mt_merit_order)
+    policy = MAPPOPolicy.from_args(agent, env_info["agents"], args, deterministic=deterministic, device=device)
     return policy, args, env_info

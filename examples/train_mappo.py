@@ -5,11 +5,11 @@ One command, sensible defaults, the bundled data::
     python examples/train_mappo.py                          # default set (preset "paper_day_ahead", action map)
     python examples/train_mappo.py --env-preset paper_extras # + hour of day and a one-hour price forecast only
     python examples/train_mappo.py --action-map direct --no-soc-shield --no-mt-merit-order   # outputs as they are
+    python examples/train_mappo.py --hp paper                # Table I of the BMAPPO paper (preset "paper", plain map)
+    python examples/train_mappo.py --quick                   # smoke run: ~1 minute
 
 The default action map (``baselines.mappo.BalanceActionMap``) centres each trade on the microgrid's balance, keeps
 the SoC inside its limits, runs the MT in merit order and lets it cover what the trade limits cannot carry.
-    python examples/train_mappo.py --hp paper                # Table I of the BMAPPO paper (preset "paper", plain map)
-    python examples/train_mappo.py --quick                   # smoke run: ~1 minute
 
 Any field of :class:`baselines.mappo.Args` is an option (``--total-episodes 5000``, ``--gamma 0.95``,
 ``--no-anneal-lr``, ...). Outputs go to ``--out`` (default ``runs/mappo/<env>_<hp>_seed<seed>``):
@@ -227,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     use_oracle = not ns.no_oracle
     cache = ns.oracle_cache or str(ROOT / "runs" / "oracle_cache")
     t0 = time.perf_counter()
-    policy = MAPPOPolicy(res.agent, res.env_info["agents"], deterministic=True, action_map=args.action_map,
-                         balance_residual=args.balance_residual, soc_shield=args.soc_shield,
-                         mt_cover=args.balance_mt_cover, mt_merit_order=args.mt_merit_order)
+    policy = MAPPOPolicy.from_args(res.agent, res.env_info["agents"], args, deterministic=True)
     results = {}
     results["mappo"] = evaluate(policy, days=days, config=args.env_preset, oracle=use_oracle, progress=progress,
                                 record=record, oracle_cache_dir=cache, name="mappo")

@@ -118,8 +118,7 @@ def test_checkpoint_roundtrip_gives_identical_actions(tmp_path):
         obs, *_ = env.step(a1)
     # sampled actions too, with the same seed
     # (with the checkpoint's action map: the default balance map and SoC shield, which read the env's capacities)
-    pol1 = MAPPOPolicy(agent, env.possible_agents, deterministic=False, seed=5, action_map=args.action_map,
-                       soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover, mt_merit_order=args.mt_merit_order)
+    pol1 = MAPPOPolicy.from_args(agent, env.possible_agents, args, deterministic=False, seed=5)
     pol1.bind_env(env)
     s1 = pol1(obs)
     pol3, _, _ = policy_from_checkpoint(path, deterministic=False)
@@ -149,8 +148,8 @@ def test_checkpoint_without_newer_fields_keeps_the_behaviour_it_was_trained_with
     torch.save(payload, path)
     assert Args().action_map == "balance" and Args().soc_shield  # today's defaults differ
     pol, args2, _ = policy_from_checkpoint(path)
-    assert (args2.action_map, args2.soc_shield, args2.balance_residual, args2.balance_mt_cover) == \
-        ("direct", False, 0.25, False)
+    assert (args2.action_map, args2.soc_shield, args2.balance_residual, args2.balance_mt_cover,
+            args2.mt_merit_order) == ("direct", False, 0.25, False, False)
     obs, _ = env.reset(seed=0, options={"split": "test"})
     ref = MAPPOPolicy(agent, env.possible_agents)(obs)  # the plain map
     out = pol(obs)
