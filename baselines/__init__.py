@@ -1,9 +1,7 @@
-"""Reference policies for mmgrid-env (separate consumers of the package's public API).
+"""Reference learners for mmgrid-env (separate consumers of the package's public API; they need PyTorch).
 
-* :mod:`baselines.rule_based` — :class:`RuleBasedPolicy`, :class:`ZeroPolicy`, :class:`RandomPolicy`.
-* :mod:`baselines.mappo` — MAPPO (needs PyTorch; import it explicitly).
+* :mod:`mmgrid_baselines.mappo` — MAPPO (centralised critic, decentralised actors).
+* :mod:`mmgrid_baselines.ap_dqn` — AP-DQN (DQN + prioritized replay + attention).
+
+The policies that need no training (rule-based, zero, random) live in the package: :mod:`mmgrid_env.policies`.
 """
-
-from .rule_based import POLICIES, RandomPolicy, RuleBasedPolicy, ZeroPolicy, make_policy
-
-__all__ = ["RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "POLICIES"]

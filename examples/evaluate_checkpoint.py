@@ -10,15 +10,12 @@ overrides it, if the observation size matches). The policy plays the mean action
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from baselines.mappo import policy_from_checkpoint  # noqa: E402
+from mmgrid_baselines.mappo import policy_from_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {"mappo": evaluate(policy, name="mappo",
                                  record=[ns.plot_day] if ns.plot_day is not None else False, **common)}
     if not ns.no_rule_based:
-        from baselines.rule_based import RuleBasedPolicy
+        from mmgrid_env.policies import RuleBasedPolicy
 
         results["rule_based"] = evaluate(RuleBasedPolicy(env), name="rule_based", **common)
     if use_oracle:

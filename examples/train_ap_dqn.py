@@ -8,7 +8,7 @@ Examples::
 
 Per variant, under ``--out`` (default ``runs/ap_dqn``): ``<variant>_s<seed>/log.csv`` (one row per training
 episode), ``model.pt`` (``torch.save`` of state_dict + config; load with
-``baselines.ap_dqn.load_checkpoint``, which uses ``weights_only=True``), ``learning_curve.png`` and
+``mmgrid_baselines.ap_dqn.load_checkpoint``, which uses ``weights_only=True``), ``learning_curve.png`` and
 ``eval.csv``/``eval.json`` (the evaluation harness's per-day rows). ``comparison.md`` holds the table of all
 variants with the rule-based policy (and the oracle's optimality gap with ``--oracle``).
 """
@@ -17,16 +17,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 
 import numpy as np
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from baselines.ap_dqn import VARIANTS, APDQNPolicy, Args, load_checkpoint, save_checkpoint, train  # noqa: E402
-from mmgrid_env import compare_table, evaluate, parallel_env  # noqa: E402
+from mmgrid_baselines.ap_dqn import VARIANTS, APDQNPolicy, Args, load_checkpoint, save_checkpoint, train
+from mmgrid_env import compare_table, evaluate, parallel_env
 
 
 def plot_curve(log: list[dict], path: str, title: str) -> None:
@@ -120,7 +117,7 @@ def main(argv=None) -> int:
               f"{s['soc_violation_rate']:.4f}", flush=True)
         results[v] = ev
     if not a.no_rule_based:
-        from baselines.rule_based import RuleBasedPolicy
+        from mmgrid_env.policies import RuleBasedPolicy
 
         results["rule_based"] = evaluate(RuleBasedPolicy(parallel_env()), days=days, oracle=a.oracle,
                                          progress=progress, name="rule_based")

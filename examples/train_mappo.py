@@ -8,10 +8,10 @@ One command, sensible defaults, the bundled data::
     python examples/train_mappo.py --hp paper                # Table I of the BMAPPO paper (preset "paper", plain map)
     python examples/train_mappo.py --quick                   # smoke run: ~1 minute
 
-The default action map (``baselines.mappo.BalanceActionMap``) centres each trade on the microgrid's balance, keeps
+The default action map (``mmgrid_baselines.mappo.BalanceActionMap``) centres each trade on the microgrid's balance, keeps
 the SoC inside its limits, runs the MT in merit order and lets it cover what the trade limits cannot carry.
 
-Any field of :class:`baselines.mappo.Args` is an option (``--total-episodes 5000``, ``--gamma 0.95``,
+Any field of :class:`mmgrid_baselines.mappo.Args` is an option (``--total-episodes 5000``, ``--gamma 0.95``,
 ``--no-anneal-lr``, ...). Outputs go to ``--out`` (default ``runs/mappo/<env>_<hp>_seed<seed>``):
 
 * ``mappo.pt`` — the checkpoint (state_dict + the config it was trained with; ``torch.load(weights_only=True)``),
@@ -30,17 +30,14 @@ import argparse
 import csv
 import dataclasses
 import json
-import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from anywhere: `baselines` lives at the repository root
-    sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-
-from baselines.mappo import (HYPERPARAMETER_SETS, Args, MAPPOPolicy, save_checkpoint,  # noqa: E402
+from mmgrid_baselines.mappo import (HYPERPARAMETER_SETS, Args, MAPPOPolicy, save_checkpoint,
                              tensorboard_available, train)
 
 QUICK = dict(total_episodes=96, num_envs=4, buffer_size=192, update_epochs=4)
@@ -73,7 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--oracle-cache", default=None,
                    help="oracle cache folder (default runs/oracle_cache; the oracle is deterministic per config)")
-    g = p.add_argument_group("Args (baselines.mappo.Args): unset options take the --hp set's value, shown as "
+    g = p.add_argument_group("Args (mmgrid_baselines.mappo.Args): unset options take the --hp set's value, shown as "
                              "[default | paper]")
     docs = _field_docs()
     for f in dataclasses.fields(Args):
@@ -232,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     results["mappo"] = evaluate(policy, days=days, config=args.env_preset, oracle=use_oracle, progress=progress,
                                 record=record, oracle_cache_dir=cache, name="mappo")
     if not ns.no_rule_based:
-        from baselines.rule_based import RuleBasedPolicy
+        from mmgrid_env.policies import RuleBasedPolicy
 
         results["rule_based"] = evaluate(RuleBasedPolicy(env), days=days, config=args.env_preset,
                                          oracle=use_oracle, progress=progress, oracle_cache_dir=cache,

@@ -10,13 +10,14 @@ on pandapower's ``case33bw`` routes surplus between microgrids. See ``MultiMicro
 
 from __future__ import annotations
 
-from pettingzoo.utils.conversions import parallel_to_aec
+from pettingzoo.utils.conversions import parallel_to_aec, parallel_to_aec_wrapper
 
 from .config import ConfigError, EnvConfig, MicrogridConfig, OPFConfig, make_config, presets
 from .data import Dataset, DataError, load_dataset
 from .env import AGENT_INFO_KEYS, SYSTEM_INFO_KEYS, MultiMicrogridEnv
 from .network import Network, NetworkError, build_network
 from .wrappers import DiscreteActions
+from .policies import POLICIES, RandomPolicy, RuleBasedPolicy, ZeroPolicy, make_policy, rule_based_day_ahead
 from .opf import (STATUS_FALLBACK_SOLVER, STATUS_OPTIMAL, STATUS_SAFE_DISPATCH, ConicOPF, OPFResult,
                   balancing_prices)
 
@@ -27,6 +28,7 @@ __all__ = [
     "make_config", "presets", "ConfigError", "Dataset", "DataError", "load_dataset", "Network", "NetworkError",
     "build_network", "ConicOPF", "OPFResult", "balancing_prices", "STATUS_OPTIMAL", "STATUS_FALLBACK_SOLVER",
     "STATUS_SAFE_DISPATCH", "AGENT_INFO_KEYS", "SYSTEM_INFO_KEYS", "__version__", "DiscreteActions",
+    "RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "rule_based_day_ahead", "POLICIES",
 ]
 
 
@@ -35,11 +37,13 @@ def parallel_env(config: EnvConfig | str | None = None, render_mode: str | None 
     return MultiMicrogridEnv(config, render_mode=render_mode, **overrides)
 
 
-raw_env = parallel_env
+def raw_env(config: EnvConfig | str | None = None, render_mode: str | None = None, **overrides):
+    """The bare AEC env (PettingZoo's convention: no order-enforcing wrapper); :func:`env` adds it."""
+    return parallel_to_aec_wrapper(parallel_env(config, render_mode=render_mode, **overrides))
 
 
 def env(config: EnvConfig | str | None = None, render_mode: str | None = None, **overrides):
-    """The AEC version, through PettingZoo's ``parallel_to_aec``."""
+    """The AEC version, through PettingZoo's ``parallel_to_aec`` (the bare :func:`raw_env` + order enforcing)."""
     return parallel_to_aec(parallel_env(config, render_mode=render_mode, **overrides))
 
 # Oracle and evaluation harness. ``mmgrid_env.evaluate`` is the module mmgrid_env.evaluate, callable as the function

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -138,61 +139,141 @@ def _check(cond: bool, msg: str) -> None:
         raise ConfigError(msg)
 
 
+def _is_number(v: Any) -> bool:
+    """A real number (int, float or a NumPy scalar), not a bool or a string."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
+
+
+def _check_number(where: str, v: Any, *, lo: float | None = None, hi: float | None = None,
+                  lo_open: bool = False, what: str = "") -> None:
+    """``v`` is a finite real number within [lo, hi] (or (lo, hi] with ``lo_open``); the error names the field."""
+    _check(_is_number(v), f"{where} must be a number, got {v!r} ({type(v).__name__})")
+    _check(math.isfinite(v), f"{where} must be finite, got {v!r}")
+    if lo is not None:
+        ok = v > lo if lo_open else v >= lo
+        _check(ok, f"{where} must be {'>' if lo_open else '>='} {lo}{what}, got {v!r}")
+    if hi is not None:
+        _check(v <= hi, f"{where} must be <= {hi}{what}, got {v!r}")
+
+
+def _check_int(where: str, v: Any, lo: int | None = None, hi: int | None = None) -> None:
+    """An integer (not a bool, not a float with a fraction: 2.7 is never truncated to 2)."""
+    _check(isinstance(v, numbers.Integral) and not isinstance(v, bool),
+           f"{where} must be an integer, got {v!r} ({type(v).__name__})")
+    _check(lo is None or v >= lo, f"{where} must be >= {lo}, got {v!r}")
+    _check(hi is None or v <= hi, f"{where} must be <= {hi}, got {v!r}")
+
+
+# Per MicrogridConfig field: (lower bound, strict?, upper bound, why). Every field is also checked finite.
+_MICROGRID_RULES: dict[str, tuple] = {
+    "pv_kwp": (0.0, False, None, ""), "wt_kw": (0.0, False, None, ""),
+    "load_peak_kw": (0.0, True, None, " (a positive capacity)"),
+    "power_factor": (0.0, True, 1.0, " (a power factor in (0, 1])"),
+    "mt_min_kw": (0.0, False, None, ""), "mt_max_kw": (0.0, True, None, " (a positive capacity)"),
+    "mt_cost_a_eur_per_kw2h": (0.0, False, None, " (convex MT cost)"),
+    "mt_cost_b_eur_per_kwh": (0.0, False, None, " (a cost)"), "mt_cost_c_eur_per_h": (0.0, False, None, " (a cost)"),
+    "ess_capacity_kwh": (0.0, True, None, " (a positive capacity)"),
+    "ess_charge_max_kw": (0.0, True, None, " (a positive capacity)"),
+    "ess_discharge_max_kw": (0.0, True, None, " (a positive capacity)"),
+    "ess_eta_charge": (0.0, True, 1.0, " (an efficiency in (0, 1])"),
+    "ess_eta_discharge": (0.0, True, 1.0, " (an efficiency in (0, 1])"),
+    "ess_cost_eur_per_kwh": (0.0, False, None, " (a cost)"),
+    "soc_min": (0.0, False, 1.0, ""), "soc_max": (0.0, False, 1.0, ""), "soc_init": (0.0, False, 1.0, ""),
+    "grid_p_min_kw": (None, False, None, ""), "grid_p_max_kw": (None, False, None, ""),
+    "grid_q_min_kvar": (None, False, None, ""), "grid_q_max_kvar": (None, False, None, ""),
+}
+
+# Per numeric OPFConfig field (None allowed where the field is optional): (lower bound, strict?, why)
+_OPF_RULES: dict[str, tuple] = {
+    "v_min_pu": (0.0, True, ""), "v_max_pu": (0.0, True, ""),
+    "current_limit_ka": (0.0, True, " (or None: no limit)"),
+    "balancing_kappa": (0.0, False, ""),
+    "loss_price_floor_eur_per_kwh": (0.0, True, " (losses must always cost something: docs/model.md)"),
+    "reactive_cost_rel": (0.0, False, ""), "reactive_cost_abs_eur_per_kvarh": (0.0, False, ""),
+    "reactive_slack_cost_factor": (1.0, False, " (reactive slack beyond the ΔQ limits may not be cheaper than ΔQ)"),
+    "voll_eur_per_kwh": (0.0, True, " (shedding load must cost, never earn)"),
+    "curtailment_cost_eur_per_kwh": (0.0, False, " (curtailing must not earn)"),
+    "voltage_penalty_eur_per_pu_h": (0.0, True, " (soft voltage limits need a positive penalty)"),
+    "solver_base_mva": (0.0, True, " (or None: automatic)"),
+}
+_OPF_OPTIONAL = ("current_limit_ka", "solver_base_mva")
+
+
 def validate_config(cfg: EnvConfig) -> None:
-    """Raise :class:`ConfigError` naming the first invalid field."""
+    """Raise :class:`ConfigError` naming the first invalid field.
+
+    Every numeric field must be a finite number (NaN, ±inf, bools and strings are rejected) within its range:
+    capacities > 0, costs and sizes >= 0, efficiencies and power factors in (0, 1], SoC values in [0, 1].
+    """
     _check(isinstance(cfg.microgrids, tuple) and len(cfg.microgrids) >= 1,
            "microgrids: need at least one MicrogridConfig")
-    buses = [mg.bus for mg in cfg.microgrids]
-    _check(len(set(buses)) == len(buses), f"microgrids: duplicate buses {buses}; each microgrid needs its own bus")
+    for i, mg in enumerate(cfg.microgrids):
+        _check(isinstance(mg, MicrogridConfig),
+               f"microgrids[{i}] must be a MicrogridConfig (or a dict of its fields), got {type(mg).__name__}")
     for i, mg in enumerate(cfg.microgrids):
         where = f"microgrids[{i}]"
-        for name in ("pv_kwp", "wt_kw", "mt_min_kw"):
-            v = getattr(mg, name)
-            _check(math.isfinite(v) and v >= 0, f"{where}.{name} must be finite and >= 0, got {v}")
-        for name in ("load_peak_kw", "mt_max_kw", "ess_capacity_kwh", "ess_charge_max_kw",
-                     "ess_discharge_max_kw"):
-            v = getattr(mg, name)
-            _check(math.isfinite(v) and v > 0, f"{where}.{name} must be a positive capacity, got {v}")
+        _check_int(f"{where}.bus", mg.bus, lo=0)
+        for name, (lo, strict, hi, why) in _MICROGRID_RULES.items():
+            _check_number(f"{where}.{name}", getattr(mg, name), lo=lo, hi=hi, lo_open=strict, what=why)
         _check(mg.mt_min_kw <= mg.mt_max_kw, f"{where}: mt_min_kw {mg.mt_min_kw} > mt_max_kw {mg.mt_max_kw}")
-        for name in ("ess_eta_charge", "ess_eta_discharge", "power_factor"):
-            v = getattr(mg, name)
-            _check(0 < v <= 1, f"{where}.{name} must lie in (0, 1], got {v}")
-        _check(0.0 <= mg.soc_min < mg.soc_max <= 1.0,
+        _check(mg.soc_min < mg.soc_max,
                f"{where}: SoC bounds out of order, need 0 <= soc_min < soc_max <= 1, got "
                f"soc_min={mg.soc_min}, soc_max={mg.soc_max}")
-        _check(0.0 <= mg.soc_init <= 1.0, f"{where}.soc_init must lie in [0, 1], got {mg.soc_init}")
         _check(mg.grid_p_min_kw <= mg.grid_p_max_kw,
                f"{where}: grid_p_min_kw {mg.grid_p_min_kw} > grid_p_max_kw {mg.grid_p_max_kw}")
         _check(mg.grid_q_min_kvar <= mg.grid_q_max_kvar,
                f"{where}: grid_q_min_kvar {mg.grid_q_min_kvar} > grid_q_max_kvar {mg.grid_q_max_kvar}")
-        for name in ("mt_cost_a_eur_per_kw2h", "ess_cost_eur_per_kwh"):
-            _check(getattr(mg, name) >= 0, f"{where}.{name} must be >= 0 (convex costs)")
+    buses = [int(mg.bus) for mg in cfg.microgrids]
+    _check(len(set(buses)) == len(buses), f"microgrids: duplicate buses {buses}; each microgrid needs its own bus")
     o = cfg.opf
+    _check(isinstance(o, OPFConfig), f"opf must be an OPFConfig (or a dict of its fields), got {type(o).__name__}")
     _check(o.topology == "reduced",
            f"opf.topology={o.topology!r}: only 'reduced' is implemented (the full 33-bus network is planned)")
     _check(o.impedance_aggregation in ("mean", "sum"),
            f"opf.impedance_aggregation must be 'mean' or 'sum', got {o.impedance_aggregation!r}")
-    _check(0 < o.v_min_pu < o.v_max_pu, f"opf: need 0 < v_min_pu < v_max_pu, got {o.v_min_pu}, {o.v_max_pu}")
-    _check(o.current_limit_ka is None or o.current_limit_ka > 0, "opf.current_limit_ka must be > 0 or None")
-    _check(o.balancing_kappa >= 0, "opf.balancing_kappa must be >= 0")
-    _check(o.reactive_cost_rel >= 0 and o.reactive_cost_abs_eur_per_kvarh >= 0,
-           "opf.reactive_cost_rel and opf.reactive_cost_abs_eur_per_kvarh must be >= 0")
-    _check(o.reactive_slack_cost_factor >= 1,
-           f"opf.reactive_slack_cost_factor must be >= 1 (reactive slack beyond the ΔQ limits may not be cheaper "
-           f"than ΔQ), got {o.reactive_slack_cost_factor}")
-    _check(o.loss_price_floor_eur_per_kwh > 0, "opf.loss_price_floor_eur_per_kwh must be > 0 (SPEC §4)")
-    _check(o.solver_base_mva is None or o.solver_base_mva > 0, "opf.solver_base_mva must be > 0 or None")
+    for name, (lo, strict, why) in _OPF_RULES.items():
+        v = getattr(o, name)
+        if v is None and name in _OPF_OPTIONAL:
+            continue
+        _check_number(f"opf.{name}", v, lo=lo, lo_open=strict, what=why)
+    _check(o.v_min_pu < o.v_max_pu, f"opf: need 0 < v_min_pu < v_max_pu, got {o.v_min_pu}, {o.v_max_pu}")
     _check(o.solver in ("clarabel", "ecos"), f"opf.solver must be 'clarabel' or 'ecos', got {o.solver!r}")
     _check(o.fallback_solver in ("clarabel", "ecos", "none"),
            f"opf.fallback_solver must be 'clarabel', 'ecos' or 'none', got {o.fallback_solver!r}")
     _check(cfg.reward_mode in ("shared", "individual"),
            f"reward_mode must be 'shared' or 'individual', got {cfg.reward_mode!r}")
-    _check(cfg.dt_h > 0, "dt_h must be > 0")
-    _check(0 <= cfg.export_discount <= 1, "export_discount must lie in [0, 1]")
-    _check(cfg.price_scale_eur_per_kwh > 0, "price_scale_eur_per_kwh must be > 0")
-    _check(isinstance(cfg.obs_price_forecast, (bool, int)) and 0 <= int(cfg.obs_price_forecast) <= 23,
+    _check_number("dt_h", cfg.dt_h, lo=0.0, lo_open=True)
+    _check(cfg.dt_h == 1.0, f"dt_h={cfg.dt_h!r}: the data are hourly and an episode is 24 steps of one hour, so "
+                            f"dt_h must be 1.0 (other step lengths are not supported)")
+    _check_number("alpha", cfg.alpha, lo=0.0, what=" (the weight of the € cost in the reward)")
+    _check_number("beta", cfg.beta, lo=0.0, what=" (the weight of the SoC penalty in the reward)")
+    _check_number("export_discount", cfg.export_discount, lo=0.0, hi=1.0)
+    _check_number("price_scale_eur_per_kwh", cfg.price_scale_eur_per_kwh, lo=0.0, lo_open=True)
+    for name in ("obs_hour", "obs_q_load"):
+        _check(isinstance(getattr(cfg, name), bool), f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    _check(isinstance(cfg.obs_price_forecast, numbers.Integral) and 0 <= int(cfg.obs_price_forecast) <= 23,
            f"obs_price_forecast must be a number of hours in 0..23 (or a bool), got {cfg.obs_price_forecast!r}")
     _check(cfg.max_episode_steps == 24, "max_episode_steps: episodes are one day of 24 hourly steps")
+
+
+def _as_microgrid(i: int, mg: Any) -> MicrogridConfig:
+    """A MicrogridConfig, or one built from a mapping of its fields (clear errors for unknown/missing ones)."""
+    if isinstance(mg, MicrogridConfig):
+        return mg
+    if not isinstance(mg, Mapping):
+        raise ConfigError(f"microgrids[{i}] must be a MicrogridConfig or a dict of its fields, "
+                          f"got {type(mg).__name__}")
+    known = [f.name for f in dataclasses.fields(MicrogridConfig)]
+    unknown = sorted(set(mg) - set(known))
+    required = [f.name for f in dataclasses.fields(MicrogridConfig)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in mg]
+    if unknown:
+        raise ConfigError(f"microgrids[{i}]: unknown field(s) {unknown}; known: {known}")
+    if missing:
+        raise ConfigError(f"microgrids[{i}]: missing required field(s) {missing} (e.g. "
+                          f"{{'bus': 17, 'pv_kwp': 300.0, 'wt_kw': 0.0, 'load_peak_kw': 200.0}})")
+    return MicrogridConfig(**mg)
 
 
 # The "paper" preset: four microgrids of a few hundred kW at case33bw buses [1, 2, 5, 24] with different mixes
@@ -245,10 +326,15 @@ def make_config(config: EnvConfig | str | None = None, *, microgrid_buses: Seque
     if unknown:
         raise ConfigError(f"unknown config field(s) {sorted(unknown)}; known: {sorted(known)}")
     if "microgrids" in overrides:
-        overrides["microgrids"] = tuple(overrides["microgrids"])
+        mgs = overrides["microgrids"]
+        if isinstance(mgs, (MicrogridConfig, Mapping)) or not isinstance(mgs, Sequence):
+            raise ConfigError(f"microgrids must be a sequence of MicrogridConfig (or dicts), got {type(mgs).__name__}")
+        overrides["microgrids"] = tuple(_as_microgrid(i, mg) for i, mg in enumerate(mgs))
     cfg = dataclasses.replace(config, **overrides)
     if microgrid_buses is not None:
-        buses = [int(b) for b in microgrid_buses]
+        buses = list(microgrid_buses)
+        for k, b in enumerate(buses):
+            _check_int(f"microgrid_buses[{k}]", b, lo=0)
         if len(buses) != len(cfg.microgrids):
             raise ConfigError(f"microgrid_buses has {len(buses)} values but the config has "
                               f"{len(cfg.microgrids)} microgrids; pass one bus per microgrid")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
 from typing import Any
 
@@ -251,7 +252,11 @@ class MultiMicrogridEnv(ParallelEnv):
         split = options.get("split", "train")
         days = self.dataset.split_days(split)
         if options.get("day") is not None:
-            day = int(options["day"])
+            day = options["day"]
+            if not isinstance(day, numbers.Integral) or isinstance(day, bool):
+                raise ValueError(f"options['day'] must be an integer day index, got {day!r} "
+                                 f"({type(day).__name__})")
+            day = int(day)
             if not 0 <= day < self.dataset.n_days:
                 raise ValueError(f"options['day']={day} is out of range: the dataset has days 0.."
                                  f"{self.dataset.n_days - 1}")
@@ -259,7 +264,10 @@ class MultiMicrogridEnv(ParallelEnv):
             day = int(self._rng.choice(days))
         soc = self.fleet.soc_init.copy()
         if options.get("soc") is not None:
-            soc = np.asarray(options["soc"], float).reshape(-1)
+            try:
+                soc = np.array(options["soc"], dtype=float).reshape(-1)
+            except (TypeError, ValueError):
+                soc = np.full(0, np.nan)
             if soc.shape != (self.fleet.n,) or not np.all((soc >= 0) & (soc <= 1)):
                 raise ValueError(f"options['soc'] needs {self.fleet.n} values in [0, 1], got {options['soc']!r}")
         self._day, self._t, self._soc_list = day, 0, soc.tolist()
@@ -268,7 +276,8 @@ class MultiMicrogridEnv(ParallelEnv):
         self._obs = self._observe(0)
         self._last_step = None
         self._history: list[dict] = []
-        observations = {a: self._obs[i] for i, a in enumerate(self.agents)}
+        own = self._obs.copy()  # the caller's arrays: writing into them must not reach state()
+        observations = {a: own[i] for i, a in enumerate(self.agents)}
         pv, wt, load = self._day_pv_kw[0], self._day_wt_kw[0], self._day_load_kw[0]
         q_load, price = self._day_q_load_kvar[0], float(self._day_price[0])
         rows = np.zeros((self.fleet.n, len(AGENT_INFO_KEYS)))
@@ -323,11 +332,11 @@ class MultiMicrogridEnv(ParallelEnv):
             if type(v) is np.ndarray and v.shape == (4,) and v.dtype.kind in "fiu":
                 out.append(v.tolist())
                 continue
-            try:
-                arr = np.asarray(v, dtype=np.float64)
-            except (ValueError, TypeError):
-                arr = None
-            if arr is None or arr.shape != (4,):
+            kind = np.asarray(v).dtype.kind if not isinstance(v, (str, bytes)) else "U"
+            if kind not in "fiub":  # strings, objects, complex: not a number, whatever the shape
+                raise ValueError(f"action of {a} must be 4 real numbers, got {v!r} (dtype kind {kind!r})")
+            arr = np.asarray(v, dtype=np.float64)
+            if arr.shape != (4,):
                 shapes = {b: np.shape(actions[b]) for b in self.possible_agents}
                 raise ValueError(f"each action must have shape (4,); got {shapes}")
             out.append(arr.tolist())
@@ -380,8 +389,8 @@ class MultiMicrogridEnv(ParallelEnv):
             "relaxation_gap_pu": opf.relaxation_gap_pu, "opf_status": float(opf.status_code),
         }
         agents = self.possible_agents
-        obs = self._obs
-        observations = {a: obs[i] for i, a in enumerate(agents)}
+        own = self._obs.copy()  # the caller's arrays: writing into them must not reach state()
+        observations = {a: own[i] for i, a in enumerate(agents)}
         rewards = dict(zip(agents, rew))
         terminations = dict.fromkeys(agents, False)
         truncations = dict.fromkeys(agents, done)

@@ -12,7 +12,7 @@ env's observation and action dicts). Optional hooks, used when present:
 Quick use::
 
     from mmgrid_env import evaluate, compare_table
-    from baselines.rule_based import RuleBasedPolicy, ZeroPolicy
+    from mmgrid_env.policies import RuleBasedPolicy, ZeroPolicy
     rb = evaluate(RuleBasedPolicy(), split="test", oracle=True)     # 73 test days, with optimality gaps
     zero = evaluate(ZeroPolicy(), split="test")
     orc = evaluate("oracle", split="test")                          # the oracle's dispatch replayed in the env
@@ -69,7 +69,8 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .config import EnvConfig
+from .config import EnvConfig, presets
+from .data import load_dataset
 from .env import MultiMicrogridEnv
 
 __all__ = ["evaluate", "EvaluationResult", "compare_table", "run_day", "ROW_COLUMNS", "main"]
@@ -253,18 +254,8 @@ def _policy_from_name(name: str, env: MultiMicrogridEnv, seed: int, oracle_cache
         from .oracle import OraclePolicy
 
         return OraclePolicy(cache_dir=oracle_cache_dir, env=env)
-    try:
-        from baselines.rule_based import make_policy  # type: ignore[import-not-found]
-    except ImportError:
-        if os.getcwd() not in sys.path:
-            sys.path.insert(0, os.getcwd())
-        try:
-            from baselines.rule_based import make_policy  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise ImportError(
-                f"policy {name!r} lives in the `baselines` package of the mmgrid-env repository, which is not "
-                f"importable here ({exc}). Run from the repository root (the folder that holds baselines/) or add "
-                f"it to PYTHONPATH. The 'oracle' policy needs no baselines.") from None
+    from .policies import make_policy
+
     return make_policy(name, env, seed=seed)
 
 
@@ -340,7 +331,7 @@ def evaluate(policy: Policy | str, split: str = "test", days: Sequence[int] | No
     Args:
         policy: a callable ``policy(observations) -> actions`` (``reset()`` and ``bind_env(env)`` are called if
             present, see the module docs), or a name: ``"rule_based"``, ``"rule_based_day_ahead"``, ``"zero"``,
-            ``"random"`` (from the repository's ``baselines`` package, built for this env) or ``"oracle"`` (the
+            ``"random"`` (from :mod:`mmgrid_env.policies`, built for this env) or ``"oracle"`` (the
             oracle's dispatch replayed through the env).
         split: ``"test"`` (default, 73 days in the bundled data), ``"train"`` or ``"all"``.
         days: dataset day indices to run instead of a split (as in ``env.reset(options={"day": k})``).
@@ -475,8 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="mmgrid-evaluate",
         description="Evaluate policies on whole days of mmgrid-env; print a comparison table and write CSV/JSON. "
-                    "rule_based/zero/random come from the repository's `baselines` package (run from the "
-                    "repository root); oracle = the perfect-foresight optimum replayed through the env.")
+                    "rule_based, rule_based_day_ahead, zero and random are mmgrid_env.policies; oracle = the "
+                    "perfect-foresight optimum replayed through the env.")
     p.add_argument("--policy", nargs="+", default=["rule_based"],
                    choices=["rule_based", "rule_based_day_ahead", "zero", "random", "oracle"],
                    help="one or more policies (rule_based_day_ahead needs a preset with a price forecast, "
@@ -484,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--split", default="test", choices=["test", "train", "all"])
     p.add_argument("--days", type=int, nargs="+", default=None, help="dataset day indices (overrides --split)")
     p.add_argument("--oracle", action="store_true", help="solve each day's oracle: optimality gaps")
-    p.add_argument("--preset", default="paper", help="config preset (default: paper)")
+    p.add_argument("--preset", default="paper", choices=sorted(presets), help="config preset (default: paper)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="folder for <policy>.csv/.json, comparison.md and plots")
     p.add_argument("--cache-dir", default=None,
@@ -493,6 +484,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--per-day", action="store_true", help="also print each policy's per-day table")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    n_days = load_dataset(presets[args.preset].dataset).n_days
+    for d in (args.days or []) + ([args.plot_day] if args.plot_day is not None else []):
+        if not 0 <= d < n_days:
+            p.error(f"day {d} is out of range: the dataset has days 0..{n_days - 1}")
     cache_dir = args.cache_dir or (os.path.join(args.out, "oracle_cache") if args.out else None)
     days = args.days
     if args.plot_day is not None and days is not None and args.plot_day not in days:
@@ -505,8 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            oracle=args.oracle, progress=not args.no_progress,
                            record=[args.plot_day] if args.plot_day is not None else False,
                            oracle_cache_dir=cache_dir)
-        except ImportError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        except (ImportError, ValueError) as exc:  # ConfigError, DataError: one line, no traceback
+            print(f"mmgrid-evaluate: error: {exc}", file=sys.stderr)
             return 2
         results[name] = res
         if args.per_day:

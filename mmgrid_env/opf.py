@@ -152,12 +152,27 @@ class OPFResult:
         return np.sqrt(np.array(self.network_lists[1], float)) * self.network_lists[5]
 
 
+class _FewGetter:
+    """``itemgetter`` for 0 or 1 index that returns a tuple (a class, not a lambda: the OPF must pickle)."""
+
+    __slots__ = ("indices",)
+
+    def __init__(self, indices):
+        self.indices = tuple(indices)
+
+    def __call__(self, seq):
+        return tuple(seq[i] for i in self.indices)
+
+    def __reduce__(self):
+        return (_FewGetter, (self.indices,))
+
+
 def _getter(indices):
     """``operator.itemgetter(*indices)`` that always returns a tuple (also for 0 or 1 index)."""
     indices = list(indices)
     if len(indices) >= 2:
         return itemgetter(*indices)
-    return lambda seq: tuple(seq[i] for i in indices)
+    return _FewGetter(indices)
 
 
 class _Affine:
@@ -234,6 +249,17 @@ class ConicOPF:
         if not (len(self.grid_p_min_kw) == len(self.grid_p_max_kw) == len(self.grid_q_min_kvar)
                 == len(self.grid_q_max_kvar) == M):
             raise ValueError(f"trade limits need one value per microgrid ({M})")
+        for name in ("grid_p_min_kw", "grid_p_max_kw", "grid_q_min_kvar", "grid_q_max_kvar"):
+            bad = np.flatnonzero(~np.isfinite(getattr(self, name)))
+            if bad.size:
+                raise ValueError(f"{name} of microgrid {int(bad[0])} is not finite: trade limits must be finite")
+        for lo, hi in (("grid_p_min_kw", "grid_p_max_kw"), ("grid_q_min_kvar", "grid_q_max_kvar")):
+            bad = np.flatnonzero(getattr(self, lo) > getattr(self, hi))
+            if bad.size:
+                m = int(bad[0])
+                raise ValueError(f"microgrid {m}: {lo} {getattr(self, lo)[m]} > {hi} {getattr(self, hi)[m]}")
+        if not (math.isfinite(self.dt_h) and self.dt_h > 0):
+            raise ValueError(f"dt_h must be finite and > 0, got {dt_h!r}")
         k_qs = float(cfg.reactive_slack_cost_factor)
         if not (k_qs >= 1.0 and cfg.reactive_cost_rel >= 0 and cfg.reactive_cost_abs_eur_per_kvarh >= 0):
             raise ValueError("the OPF needs reactive costs >= 0 and reactive_slack_cost_factor >= 1 (the slack "
@@ -459,11 +485,9 @@ class ConicOPF:
         c_q = rel * ac + c_abs
         return pi_up, c - kappa * ac, max(c, floor), c_q, k_qs * c_q
 
-    def _update(self, p_kw: list, q_kvar: list, price: float, p_grid_kw: list, q_grid_kvar: list):
-        """Write the step's data z, cost vector q and right-hand side b (inputs: lists of M floats)."""
+    def _update_q(self, price: float, y_cost: list):
+        """Write the cost vector q for the price and y's cost per microgrid; returns the step's prices."""
         prices = self._prices(price)
-        c_cur, c_shd = self._y_cost
-        y_cost = [c_cur if p > 0.0 else c_shd for p in p_kw]  # y is curtailment (p > 0) or shedding
         key = self._q_key
         if key is None or key[0] != price or key[1] != y_cost:
             pi_up, pi_dn, w, c_q, _ = prices
@@ -472,6 +496,12 @@ class ConicOPF:
             self._q = [*c0, *[a * w for a in self._q_coef_l], *c1, *[a1 * pi_up] * n1, *[a2 * -pi_dn] * n2,
                        *[a * y for a, y in zip(self._q_coef_y, y_cost)], *c2, *[a3 * c_q] * n3, *c3]
             self._q_key, self._q_sent = (price, y_cost), False
+        return prices
+
+    def _update(self, p_kw: list, q_kvar: list, price: float, p_grid_kw: list, q_grid_kvar: list):
+        """Write the step's data z, cost vector q and right-hand side b (inputs: lists of M floats)."""
+        c_cur, c_shd = self._y_cost
+        prices = self._update_q(price, [c_cur if p > 0.0 else c_shd for p in p_kw])  # y: curtailment or shedding
         # z (solver per unit): p, q; the trade headroom clipped at 0 as np.maximum(·, 0.0) does (NaN and −0.0
         # kept); the curtailment and shedding bounds, max(±p + 0.0, 0.0), which is 0.0 for ±p ≤ 0
         ub = self._ub
@@ -488,6 +518,29 @@ class ConicOPF:
         return prices
 
     # ------------------------------------------------------------------ solvers
+    def __getstate__(self):
+        """Pickle without the solver objects (they are native and rebuilt on the next solve)."""
+        state = self.__dict__.copy()
+        state["_clarabel"] = None
+        state["_q_sent"] = False
+        state.pop("_clarabel_ok", None)
+        for key in ("_ecos_G", "_ecos_Aeq", "_ecos_dims"):
+            state.pop(key, None)
+        return state
+
+    def _reference_q(self) -> list:
+        """The cost vector the persistent solver is built with: a fixed price (0.1 €/kWh), every y priced at VOLL.
+
+        Built from the configuration alone, not from the first step's data: Clarabel scales the problem once, at
+        construction, partly from q; a solver built on the first step's q rounded that step's answer differently
+        (~1e-11) from the same step solved later after an update. Every step is an update of this one solver."""
+        saved = (self._q, self._q_key, self._q_sent)
+        self._q_key = None
+        self._update_q(0.1, [self._y_cost[1]] * self.M)
+        q = list(self._q)
+        self._q, self._q_key, self._q_sent = saved
+        return q
+
     def _solve_clarabel(self):
         solver = self._clarabel
         if solver is None:
@@ -511,9 +564,10 @@ class ConicOPF:
             cones += [clarabel.SecondOrderConeT(4)] * self.E
             P = sp.csc_matrix((self.n_var, self.n_var))
             self._clarabel_ok = (clarabel.SolverStatus.Solved, clarabel.SolverStatus.AlmostSolved)
-            self._clarabel = solver = clarabel.DefaultSolver(P, list(self._q), self.A, list(self._b), cones,
-                                                             settings)
-        elif self._q_sent:
+            self._clarabel = solver = clarabel.DefaultSolver(P, self._reference_q(), self.A, list(self.b_const),
+                                                             cones, settings)
+            self._q_sent = False
+        if self._q_sent:
             # q changes only with the price and y's cost: not re-sent when those repeat (update_q would write the
             # same values). Whole vectors as lists or tuples: half the cost of arrays; the binding's (index, value)
             # form for the rows that change costs more than the whole vector (it first tries a vector).
@@ -541,9 +595,6 @@ class ConicOPF:
             raise RuntimeError(f"ecos exitFlag {info['exitFlag']} ({info.get('infostring', '')})")
         return np.asarray(sol["x"], float).tolist(), float(info["timing"]["runtime"]), int(info["iter"])
 
-    def _run(self, name):
-        return self._solve_clarabel() if name == "clarabel" else self._solve_ecos()
-
     # ------------------------------------------------------------------ public
     def _as_list(self, values, name: str) -> list:
         if type(values) is list and len(values) == self.M:  # the env's path: already M floats
@@ -552,6 +603,14 @@ class ConicOPF:
         if arr.size != self.M:
             raise ValueError(f"{name} needs {self.M} values (one per microgrid), got shape {arr.shape}")
         return arr.reshape(-1).tolist()
+
+    @staticmethod
+    def _reject_non_finite(**inputs) -> None:
+        """Raise ValueError naming the first non-finite input (a sum of finite values may overflow: then pass)."""
+        for name, values in inputs.items():
+            for m, a in enumerate(values):
+                if not math.isfinite(a):
+                    raise ValueError(f"ConicOPF.solve: {name}[{m}] is {a!r}; every input must be finite")
 
     def solve(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None) -> OPFResult:
         """Solve for one step.
@@ -575,7 +634,11 @@ class ConicOPF:
             q_grid_kvar = [0.0] * M
         elif type(q_grid_kvar) is not list or len(q_grid_kvar) != M:
             q_grid_kvar = self._as_list(q_grid_kvar, "q_grid_kvar")
-        prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar)
+        price = float(price_eur_per_kwh)
+        if not math.isfinite(sum(p_kw) + sum(q_kvar) + sum(p_grid_kw) + sum(q_grid_kvar) + price):
+            self._reject_non_finite(p_kw=p_kw, q_kvar=q_kvar, p_grid_kw=p_grid_kw, q_grid_kvar=q_grid_kvar,
+                                    price_eur_per_kwh=[price])
+        prices = self._update(p_kw, q_kvar, price, p_grid_kw, q_grid_kvar)
         errors = []
         t0 = time.perf_counter()
         for k, name in enumerate(self._chain):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from baselines.ap_dqn import (Args, FeatureAttention, PrioritizedReplayBuffer, QNetwork, SumTree, beta_schedule,
+from mmgrid_baselines.ap_dqn import (Args, FeatureAttention, PrioritizedReplayBuffer, QNetwork, SumTree, beta_schedule,
                               importance_weights, load_checkpoint)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,7 +142,7 @@ def test_quick_end_to_end(tmp_path):
 def test_net_load_reward_baseline_by_hand():
     """The exogenous baseline c·(P_load − P_PV − P_WT)·Δt: the agent's own in "individual" mode, the team's mean
     in "shared" mode; and training rejects an unknown baseline name."""
-    from baselines.ap_dqn import net_load_cost, train
+    from mmgrid_baselines.ap_dqn import net_load_cost, train
 
     infos = {"a": {"price_eur_per_kwh": 0.1, "p_load_kw": 200.0, "p_pv_kw": 50.0, "p_wt_kw": 30.0},
              "b": {"price_eur_per_kwh": 0.1, "p_load_kw": 100.0, "p_pv_kw": 150.0, "p_wt_kw": 0.0}}
@@ -155,7 +155,7 @@ def test_net_load_reward_baseline_by_hand():
 
 def test_same_seed_same_run():
     """AP-DQN (attention + PER) twice with one seed: identical weights and episode costs; another seed differs."""
-    from baselines.ap_dqn import train
+    from mmgrid_baselines.ap_dqn import train
 
     args = Args(variant="ap_dqn", total_steps=240, learning_starts=48, batch_size=16, seed=3)
     r1, r2 = train(args, progress=False), train(args, progress=False)

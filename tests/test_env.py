@@ -305,9 +305,14 @@ def test_bad_config(overrides, match):
 
 
 @pytest.mark.parametrize("field, value, match", [
-    ("ess_capacity_kwh", 0.0, "ess_capacity_kwh must be a positive capacity"),
-    ("load_peak_kw", -5.0, "load_peak_kw must be a positive capacity"),
-    ("pv_kwp", -1.0, "pv_kwp must be finite and >= 0"),
+    ("ess_capacity_kwh", 0.0, r"ess_capacity_kwh must be > 0.0 \(a positive capacity\)"),
+    ("load_peak_kw", -5.0, "load_peak_kw must be > 0"),
+    ("pv_kwp", -1.0, "pv_kwp must be >= 0"),
+    ("mt_cost_b_eur_per_kwh", float("nan"), "mt_cost_b_eur_per_kwh must be finite"),
+    ("grid_p_max_kw", float("inf"), "grid_p_max_kw must be finite"),
+    ("grid_q_min_kvar", -float("inf"), "grid_q_min_kvar must be finite"),
+    ("bus", 2.7, "bus must be an integer"),
+    ("wt_kw", "100", "wt_kw must be a number"),
     ("soc_min", 0.95, "SoC bounds out of order"),
     ("ess_eta_charge", 1.5, "ess_eta_charge"),
     ("grid_p_min_kw", 1000.0, "grid_p_min_kw"),

@@ -5,8 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,8 +13,7 @@ import mmgrid_env
 from mmgrid_env import MultiMicrogridEnv, compare_table, evaluate
 from mmgrid_env.evaluate import ROW_COLUMNS, EvaluationResult, main
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's `baselines` package
-from baselines.rule_based import RandomPolicy, RuleBasedPolicy, ZeroPolicy, make_policy  # noqa: E402
+from mmgrid_env.policies import RandomPolicy, RuleBasedPolicy, ZeroPolicy, make_policy
 
 DAYS = [4, 104, 309]
 

@@ -13,12 +13,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from baselines.mappo import (Args, MAPPOAgent, MAPPOPolicy, compute_gae, load_checkpoint,  # noqa: E402
+from mmgrid_baselines.mappo import (Args, MAPPOAgent, MAPPOPolicy, compute_gae, load_checkpoint,
                              policy_from_checkpoint, ppo_losses, save_checkpoint, train)
-from mmgrid_env import parallel_env  # noqa: E402
+from mmgrid_env import parallel_env
 
 
 # ---------------------------------------------------------------------------------------------------- GAE
@@ -221,7 +219,7 @@ def test_balance_action_map_closes_each_microgrid_balance():
     """action_map="balance" with zero grid outputs: each microgrid's net injection is ~0 (float32 observations),
     unless its trade limit binds; the MT/ESS outputs pass through unchanged; the grid output moves P_grid by
     residual · half the trade range."""
-    from baselines.mappo import BalanceActionMap
+    from mmgrid_baselines.mappo import BalanceActionMap
 
     env = parallel_env("paper_extras")
     bmap = BalanceActionMap(env, residual=0.25)
@@ -275,7 +273,7 @@ def _assert_policy_builds_map(env, expected_map, **policy_kwargs):
 def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
     """mt_cover=True: a deficit beyond the import limit raises P_MT by the excess (within its range), a surplus
     beyond the export limit lowers it; inside the limits nothing changes. Hand-computed from the fleet's ranges."""
-    from baselines.mappo import BalanceActionMap
+    from mmgrid_baselines.mappo import BalanceActionMap
 
     env = parallel_env("paper_day_ahead")
     f = env.fleet
@@ -317,7 +315,7 @@ def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
     raw = np.zeros((n, 4), np.float32)
     np.testing.assert_array_equal(cover(obs, raw), plain(obs, raw))
     # the default Args build exactly this map (with the SoC shield); the flag turns the cover off
-    from baselines.mappo import make_action_map
+    from mmgrid_baselines.mappo import make_action_map
 
     default = make_action_map(Args(), env)
     assert default.balance and default.soc_shield and default.mt_cover and default.mt_merit_order
@@ -327,7 +325,7 @@ def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
 def test_mt_merit_order_runs_the_turbine_at_the_price_optimal_set_point():
     """mt_merit_order=True: P_MT = clip((c − b)/(2a), MT range) of the observed price, whatever the actor's MT
     output; the policy needs the env's data (bind_env) and builds the same map."""
-    from baselines.mappo import BalanceActionMap, make_action_map
+    from mmgrid_baselines.mappo import BalanceActionMap, make_action_map
 
     env = parallel_env("paper_day_ahead")
     f = env.fleet
@@ -354,7 +352,7 @@ def test_mt_merit_order_runs_the_turbine_at_the_price_optimal_set_point():
 def test_soc_shield_keeps_soc_inside_operational_limits():
     """soc_shield=True (direct map): random actor outputs over whole days never take the SoC outside
     [soc_min, soc_max]; MT and trade outputs pass through; unshielded, the same outputs leave the limits."""
-    from baselines.mappo import BalanceActionMap, make_action_map
+    from mmgrid_baselines.mappo import BalanceActionMap, make_action_map
 
     env = parallel_env("paper_extras")
     f = env.fleet

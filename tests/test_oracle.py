@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +11,7 @@ from mmgrid_env import MultiMicrogridEnv, make_config
 from mmgrid_env.oracle import (DayOracle, OraclePolicy, OracleResult, actions_from_dispatch, config_hash, replay,
                                solve_day)
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository's `baselines` package
-from baselines.rule_based import RandomPolicy, RuleBasedPolicy, ZeroPolicy  # noqa: E402
+from mmgrid_env.policies import RandomPolicy, RuleBasedPolicy, ZeroPolicy
 
 # winter day, a day with negative prices (-0.06 €/kWh), a summer day whose balanced dispatch once drove the OPF
 # into its fallback chain, and the test day with the highest price (0.51 €/kWh)

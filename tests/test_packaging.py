@@ -52,8 +52,8 @@ def wheel(tmp_path_factory) -> Path:
     src.mkdir()
     for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "mmgrid_env", src / "mmgrid_env",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for pkg in ("mmgrid_env", "baselines"):  # baselines/ ships as the package `mmgrid_baselines`
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     out = tmp / "dist"
     proc = _pip("wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out), str(src), cwd=tmp)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -74,6 +74,8 @@ def test_wheel_contents(wheel):
     assert dist_info + "licenses/LICENSE" in licences, sorted(names)
     assert any(n.endswith("LICENSE-SMARD-CC-BY-4.0.txt") for n in licences), sorted(licences)
     assert not any(n.startswith(("tests/", "baselines/", "examples/", "benchmarks/")) for n in names)
+    assert {"mmgrid_baselines/__init__.py", "mmgrid_baselines/mappo.py", "mmgrid_baselines/ap_dqn.py",
+            "mmgrid_env/policies.py"} <= names
     meta = zipfile.ZipFile(wheel).read(dist_info + "METADATA").decode()
     assert "Name: mmgrid-env" in meta and "License-Expression: MIT" in meta
     assert "Requires-Dist: pettingzoo" in meta
@@ -104,19 +106,66 @@ print("SMOKE-OK", mmgrid_env.__version__, steps, round(total, 3))
 """
 
 
-def test_installed_wheel_runs_outside_the_source_tree(wheel, tmp_path):
-    target = tmp_path / "site"
-    proc = _pip("install", "--no-deps", "--no-index", "--target", str(target), str(wheel), cwd=tmp_path)
+@pytest.fixture(scope="module")
+def installed(wheel, tmp_path_factory):
+    """The wheel installed into a folder of its own, first on ``PYTHONPATH``, run from a folder outside the
+    repository (the scripts check ``__file__``: the packages come from the wheel, not the source tree)."""
+    tmp = tmp_path_factory.mktemp("installed")
+    target = tmp / "site"
+    proc = _pip("install", "--no-deps", "--no-index", "--target", str(target), str(wheel), cwd=tmp)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert (target / "mmgrid_env" / "data" / "smard_lu_2024_hourly.csv.gz").is_file()
-    run_dir = tmp_path / "elsewhere"
+    run_dir = tmp / "elsewhere"
     run_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update(PYTHONPATH=str(target), MPLBACKEND="Agg")
+    return target, run_dir, env
+
+
+def test_installed_wheel_runs_outside_the_source_tree(installed):
+    target, run_dir, env = installed
+    assert (target / "mmgrid_env" / "data" / "smard_lu_2024_hourly.csv.gz").is_file()
     proc = subprocess.run([sys.executable, "-c", SMOKE, str(target)], cwd=run_dir, env=env, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "SMOKE-OK" in proc.stdout
+
+
+def test_installed_cli_evaluates_its_default_policy(installed):
+    """``python -m mmgrid_env.evaluate`` from the wheel alone: the rule-based policy is part of the package."""
+    target, run_dir, env = installed
+    proc = subprocess.run([sys.executable, "-m", "mmgrid_env.evaluate", "--days", "4", "9", "--no-progress"],
+                          cwd=run_dir, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "rule_based" in proc.stdout and "(2 days)" in proc.stdout
+
+
+TRAIN = r"""
+import sys
+from pathlib import Path
+import numpy as np
+import mmgrid_baselines
+from mmgrid_baselines.mappo import Args, MAPPOPolicy, train
+from mmgrid_env import evaluate
+assert Path(mmgrid_baselines.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), mmgrid_baselines.__file__
+args = Args(seed=1, env_preset="paper", total_episodes=4, num_envs=2, buffer_size=48, greedy_eval_every=1,
+            greedy_eval_days=1)
+assert args.num_updates == 2
+res = train(args, progress=False)
+policy = MAPPOPolicy.from_args(res.agent, [f"mg_{i}" for i in range(4)], args)
+ev = evaluate(policy, days=[4], config="paper", progress=False)
+assert np.isfinite(ev.rows[0]["cost_eur"])
+print("TRAIN-OK", args.num_updates, round(ev.rows[0]["cost_eur"], 2))
+"""
+
+
+def test_installed_learner_trains_and_evaluates(installed):
+    """``pip install "mmgrid-env[baselines]"`` is enough to train MAPPO: two updates from the installed package."""
+    pytest.importorskip("torch")
+    target, run_dir, env = installed
+    proc = subprocess.run([sys.executable, "-c", TRAIN, str(target)], cwd=run_dir, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "TRAIN-OK 2" in proc.stdout
 
 
 def test_twine_check(wheel):

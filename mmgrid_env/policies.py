@@ -1,4 +1,4 @@
-"""Simple reference policies for mmgrid-env: a rule-based dispatcher, the zero action and a random policy.
+"""Reference policies that need no training (and no torch): a rule-based dispatcher, the zero action, random.
 
 Every policy here is a callable ``policy(observations) -> actions`` over the env's dicts ``{agent: np.ndarray}``,
 with a ``reset()`` that the evaluation harness (:func:`mmgrid_env.evaluate`) calls at the start of each day. They
@@ -37,7 +37,7 @@ turns them on, are ignored). No policy here looks at future data.
 Example::
 
     from mmgrid_env import parallel_env, evaluate
-    from baselines.rule_based import RuleBasedPolicy
+    from mmgrid_env import RuleBasedPolicy
     env = parallel_env()
     res = evaluate(RuleBasedPolicy(env), split="test")
 """
@@ -49,7 +49,7 @@ from collections import deque
 
 import numpy as np
 
-from mmgrid_env import EnvConfig, make_config
+from .config import EnvConfig, make_config
 
 __all__ = ["RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "POLICIES", "rule_based_day_ahead"]
 
