@@ -11,7 +11,7 @@ change on the shared machine hits them alike); the rebuild methods, 40 instances
 
 Instances are realistic steps of the paper preset: for a random (day, hour) of the bundled SMARD data each microgrid
 draws random device set-points (MT, ESS, its own grid trade P_MG/Q_MG within half its limits) and its net injection
-follows SPEC §3 (p = PV + WT + MT + ESS + P_MG − load, q = Q_MG − Q_load); the price is that hour's price. The
+follows the lower layer (docs/model.md) (p = PV + WT + MT + ESS + P_MG − load, q = Q_MG − Q_load); the price is that hour's price. The
 8-microgrid placement cycles the four preset microgrids. Timings are wall-clock per call, single process; the
 ``vs fast`` column is the median over the fast path's median, and ``wall/solver`` is the median of the call's wall
 time over Clarabel's own reported solve time (``OPFResult.solver_time_s``), and ``wall/bare`` the same over the

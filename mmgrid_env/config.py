@@ -68,7 +68,7 @@ class MicrogridConfig:
 
 @dataclass(frozen=True)
 class OPFConfig:
-    """Upper layer: the SOCP-relaxed branch-flow OPF between microgrids (SPEC §4)."""
+    """Upper layer: the SOCP-relaxed branch-flow OPF between microgrids (docs/model.md, "Upper layer")."""
 
     topology: str = "reduced"
     """``"reduced"``: the microgrid buses plus the branching buses the tree needs (the paper's)."""

@@ -1,4 +1,4 @@
-"""Lower layer: the devices of each microgrid (SPEC §3).
+"""Lower layer: the devices of each microgrid (docs/model.md, "Lower layer").
 
 Plain functions over a :class:`Fleet` (one array per parameter, one entry per microgrid), vectorised over
 microgrids and days (the oracle and the baselines use them), and :func:`microgrid_step`, the same equations for

@@ -50,7 +50,7 @@ class MultiMicrogridEnv(ParallelEnv):
     (SOCP OPF) on the network between microgrids. It routes one microgrid's surplus to another's deficit, and
     settles the rest with the main grid at balancing prices (a mark-up κ on the price), by explicit curtailment,
     or, as a last resort, by load shedding at the value of lost load. Rewards are the costs of both layers.
-    The model follows the BMAPPO paper; the contract is ``SPEC.md`` and the decisions are in ``docs/model.md``.
+    The model follows the BMAPPO paper; its contract (equations, units, decisions) is ``docs/model.md``.
 
     ## Action Space
 
@@ -353,7 +353,7 @@ class MultiMicrogridEnv(ParallelEnv):
         price = self._day_price_list[hour]
         sell_price = price - cfg.export_discount * abs(price)
         exo = self._day_exo[hour]
-        # Lower layer, one microgrid at a time in plain floats (devices.microgrid_step; SPEC §3)
+        # Lower layer, one microgrid at a time in plain floats (devices.microgrid_step)
         lower = [microgrid_step(prm, soc, a, pv, wt, load, q_load, price, sell_price, dt)
                  for prm, soc, a, (pv, wt, load, q_load) in zip(self._mg_params, self._soc_list, act, exo)]
         p_net = [r[7] for r in lower]

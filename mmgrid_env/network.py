@@ -1,4 +1,4 @@
-"""The inter-microgrid network, built at run time from pandapower's ``case33bw`` (SPEC §2).
+"""The inter-microgrid network, built at run time from pandapower's ``case33bw`` (docs/model.md, "Network").
 
 A :class:`Network` is plain data: nodes in parent-before-child order (node 0 is the root), one edge per
 non-root node (from its parent), per-unit impedances on the feeder's own base, and the feeder path each edge
@@ -65,6 +65,17 @@ class Network:
     @property
     def edge_to(self) -> np.ndarray:
         return np.arange(1, self.n_nodes)
+
+    def incidence(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(C_out, C_in, G), shapes (nodes, edges), (nodes, edges), (nodes, microgrids): C_out[j, e] = 1 if edge e
+        leaves node j, C_in[j, e] = 1 if it enters j, G[j, m] = 1 if microgrid m sits at node j. The node balance
+        (eq. 11) reads C_out·P − C_in·(P − r·l) = G·(injections)."""
+        n, E, M = self.n_nodes, self.n_edges, len(self.mg_node)
+        c_out, c_in, g = np.zeros((n, E)), np.zeros((n, E)), np.zeros((n, M))
+        c_out[self.edge_from, np.arange(E)] = 1.0
+        c_in[self.edge_to, np.arange(E)] = 1.0
+        g[self.mg_node, np.arange(M)] = 1.0
+        return c_out, c_in, g
 
     @property
     def z_base_ohm(self) -> float:

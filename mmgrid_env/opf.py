@@ -1,4 +1,4 @@
-"""Upper layer: the second-order-cone relaxed branch-flow OPF between microgrids (SPEC §4, eq. 3, 11–17, 22).
+"""Upper layer: the second-order-cone relaxed branch-flow OPF between microgrids (eq. 3, 11–17, 22; docs/model.md).
 
 Given each microgrid's net injection (p_i, q_i) from the lower layer, the OPF decides balancing trades with the
 main grid (ΔP_i = ΔP⁺ − ΔP⁻, ΔQ_i, within what is left of the trade limits), explicit curtailment and load
@@ -36,7 +36,8 @@ import scipy.sparse as sp
 from .config import OPFConfig
 from .network import Network
 
-__all__ = ["OPFResult", "ConicOPF", "balancing_prices", "loss_weight", "reactive_cost", "build_cvxpy_opf",
+__all__ = ["OPFResult", "ConicOPF", "balancing_prices", "loss_weight", "reactive_cost", "step_prices",
+           "build_cvxpy_opf",
            "solve_cvxpy_opf", "STATUS_OPTIMAL", "STATUS_FALLBACK_SOLVER", "STATUS_SAFE_DISPATCH"]
 
 STATUS_OPTIMAL = 0
@@ -48,11 +49,21 @@ STATUS_SAFE_DISPATCH = 2
 
 
 def balancing_prices(price_eur_per_kwh: float, kappa: float) -> tuple[float, float]:
-    """(π⁺, π⁻): an extra purchase costs π⁺ ≥ max(c, 0); an extra sale earns π⁻ ≤ c (SPEC §4)."""
+    """(π⁺, π⁻): an extra purchase costs π⁺ ≥ max(c, 0); an extra sale earns π⁻ ≤ c (docs/model.md)."""
     c = float(price_eur_per_kwh)
     pi_up = c + kappa * abs(c) if c >= 0 else kappa * abs(c)
     pi_dn = c - kappa * abs(c)
     return pi_up, pi_dn
+
+
+def step_prices(price_eur_per_kwh: float, cfg: OPFConfig) -> tuple[float, float, float, float, float]:
+    """Every price of the upper layer's objective for one hour, in one place (the per-step OPF, its cvxpy
+    reference and the oracle all use it): (π⁺, π⁻, w, c_q, c_qs) — the balancing prices, the loss weight, the
+    reactive cost and the reactive slack's cost ``reactive_slack_cost_factor · c_q`` (€/kWh, €/kVArh)."""
+    pi_up, pi_dn = balancing_prices(price_eur_per_kwh, cfg.balancing_kappa)
+    c_q = reactive_cost(price_eur_per_kwh, cfg)
+    return pi_up, pi_dn, loss_weight(price_eur_per_kwh, cfg.loss_price_floor_eur_per_kwh), c_q, \
+        cfg.reactive_slack_cost_factor * c_q
 
 
 def loss_weight(price_eur_per_kwh: float, floor_eur_per_kwh: float) -> float:
@@ -388,7 +399,7 @@ class ConicOPF:
         bit those of the matrix-vector products they replace (``z_map @ inputs + offset``, ``q_of_price @ prices +
         q_const``, ``b_base + b_of_z @ z``): a dot product with a single nonzero term is that one product.
         """
-        M, n_var = self.M, self.n_var
+        M = self.M
         # z, 8 blocks of M (solver per unit): p, q, ΔP⁺ ≤ P_max − P_grid, ΔP⁻ ≤ P_grid − P_min, ΔQ⁺ ≤ Q_max − Q_grid,
         # ΔQ⁻ ≤ Q_grid − Q_min, curtailment ≤ max(p, 0), shedding ≤ max(−p, 0); the bounds clipped at 0 (_update)
         ub = 1.0 / self.base_kw
@@ -459,8 +470,6 @@ class ConicOPF:
         self._v_mg = _getter(mg_node)
         self._v_lo_sq, self._v_hi_sq = v_lo, v_hi
         self._y_cost = (-cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh)
-        self._price_cfg = (cfg.balancing_kappa, cfg.loss_price_floor_eur_per_kwh, cfg.reactive_cost_rel,
-                           cfg.reactive_cost_abs_eur_per_kvarh, cfg.reactive_slack_cost_factor)
         self._z_coef_h = [-ub] * M + [ub] * M + [-ub] * M + [ub] * M  # ΔP⁺, ΔP⁻, ΔQ⁺, ΔQ⁻ headroom
         self._z_off_h = [a for o in self._z_off for a in o]
         self._z_coef_cs = [ub] * M + [-ub] * M  # curtailment, shedding bounds
@@ -477,13 +486,8 @@ class ConicOPF:
 
     # ------------------------------------------------------------------ data update
     def _prices(self, price: float):
-        """(π⁺, π⁻, w, c_q, c_qs): :func:`balancing_prices`, :func:`loss_weight` and :func:`reactive_cost` inline."""
-        kappa, floor, rel, c_abs, k_qs = self._price_cfg
-        c = float(price)
-        ac = abs(c)
-        pi_up = c + kappa * ac if c >= 0 else kappa * ac
-        c_q = rel * ac + c_abs
-        return pi_up, c - kappa * ac, max(c, floor), c_q, k_qs * c_q
+        """(π⁺, π⁻, w, c_q, c_qs) for the step: :func:`step_prices`."""
+        return step_prices(price, self.cfg)
 
     def _update_q(self, price: float, y_cost: list):
         """Write the cost vector q for the price and y's cost per microgrid; returns the step's prices."""
@@ -800,13 +804,7 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
     r, x = network.r_ohm / z_base_ohm, network.x_ohm / z_base_ohm
     i_base_ka = base_mva / (math.sqrt(3) * network.base_kv)
     frm, to = network.edge_from, network.edge_to
-    # incidence: C_out[j, e] = 1 if edge e leaves j; C_in[j, e] = 1 if edge e enters j; G[j, m] = 1 if mg m at j
-    C_out = np.zeros((n, E))
-    C_in = np.zeros((n, E))
-    C_out[frm, np.arange(E)] = 1.0
-    C_in[to, np.arange(E)] = 1.0
-    G = np.zeros((n, M))
-    G[network.mg_node, np.arange(M)] = 1.0
+    C_out, C_in, G = network.incidence()
     prm = {k: cp.Parameter(M, name=k) for k in ("p", "q")}
     prm.update({k: cp.Parameter(M, nonneg=True, name=k) for k in
                 ("dpu_max", "dpd_max", "dqu_max", "dqd_max", "cur_max", "shd_max")})
@@ -861,11 +859,9 @@ def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price,
     prm["dqd_max"].value = np.maximum(q_grid_kvar - qmin, 0) / bk
     prm["cur_max"].value = np.maximum(p_kw, 0) / bk
     prm["shd_max"].value = np.maximum(-p_kw, 0) / bk
-    pi_up, pi_dn = balancing_prices(price, cfg.balancing_kappa)
-    c_q = reactive_cost(price, cfg)
-    prm["pi_up"].value, prm["pi_dn"].value = pi_up, pi_dn
-    prm["w"].value = loss_weight(price, cfg.loss_price_floor_eur_per_kwh)
-    prm["c_q"].value, prm["c_qs"].value = c_q, cfg.reactive_slack_cost_factor * c_q
+    pi_up, pi_dn, w, c_q, c_qs = step_prices(price, cfg)
+    prm["pi_up"].value, prm["pi_dn"].value, prm["w"].value = pi_up, pi_dn, w
+    prm["c_q"].value, prm["c_qs"].value = c_q, c_qs
 
 
 def solve_cvxpy_opf(network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_limits, p_grid_kw=None,

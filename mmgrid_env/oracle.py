@@ -1,4 +1,4 @@
-"""The perfect-foresight oracle (SPEC §6): a whole day, all microgrids, as one convex program.
+"""The perfect-foresight oracle (docs/model.md, "The oracle"): a whole day, all microgrids, as one convex program.
 
 Given a configuration and a day, :func:`solve_day` solves the same model as the environment with perfect knowledge
 of the day's PV, wind, load and prices:
@@ -62,7 +62,7 @@ from .config import EnvConfig, make_config
 from .data import HOURS_PER_DAY, Dataset, load_dataset
 from .devices import fleet_from_config, lower_layer_costs, soc_penalty
 from .network import build_network
-from .opf import balancing_prices, loss_weight, reactive_cost
+from .opf import step_prices
 
 __all__ = ["OracleResult", "DayOracle", "solve_day", "solve_days", "config_hash", "actions_from_dispatch",
            "replay", "ReplayResult", "OraclePolicy", "ORACLE_VERSION", "DISPATCH_KEYS"]
@@ -219,13 +219,7 @@ class DayOracle:
         trade_kw = float(np.sum(np.maximum(np.abs(f.grid_p_min_kw), np.abs(f.grid_p_max_kw))))
         self.obj_scale_eur = float(obj_scale_eur or max(trade_kw, 1.0) * 0.1 * dt * T / 10.0)
         r, x = net.r_pu, net.x_pu
-        frm, to = net.edge_from, net.edge_to
-        C_out = np.zeros((E, n))
-        C_in = np.zeros((E, n))
-        C_out[np.arange(E), frm] = 1.0
-        C_in[np.arange(E), to] = 1.0
-        G = np.zeros((M, n))
-        G[np.arange(M), net.mg_node] = 1.0
+        C_out, C_in, G = (a.T for a in net.incidence())  # (edges, nodes), (edges, nodes), (microgrids, nodes)
         row = lambda a: np.tile(np.asarray(a, float), (T, 1))  # noqa: E731 - (M,) → (T, M)
 
         # --- parameters (all per unit of base_kw for powers; € per kWh for prices)
@@ -335,15 +329,11 @@ class DayOracle:
         par["q_load"].value = q_load / bk
         par["c"].value = np.repeat(price[:, None], M, axis=1)
         par["export_markup"].value = np.repeat(cfg.export_discount * np.abs(price)[:, None], M, axis=1)
-        pis = np.array([balancing_prices(c, cfg.opf.balancing_kappa) for c in price])
-        par["pi_up"].value = np.repeat(pis[:, :1], M, axis=1)
-        par["pi_dn"].value = np.repeat(pis[:, 1:], M, axis=1)
-        cq = np.array([reactive_cost(c, cfg.opf) for c in price])
-        par["c_q"].value = np.repeat(cq[:, None], M, axis=1)
-        par["c_qs"].value = np.repeat(cfg.opf.reactive_slack_cost_factor * cq[:, None], M, axis=1)
+        prices = np.array([step_prices(c, cfg.opf) for c in price])  # (T, 5): π⁺, π⁻, w, c_q, c_qs
+        for k, name in ((0, "pi_up"), (1, "pi_dn"), (3, "c_q"), (4, "c_qs")):
+            par[name].value = np.repeat(prices[:, k:k + 1], M, axis=1)
         if par["w"] is not None:
-            w = np.array([loss_weight(c, cfg.opf.loss_price_floor_eur_per_kwh) for c in price])
-            par["w"].value = np.repeat(w[:, None], self.network.n_edges, axis=1)
+            par["w"].value = np.repeat(prices[:, 2:3], self.network.n_edges, axis=1)
         par["soc0"].value = np.asarray(soc0, float)
         return pv, wt, load, q_load, price
 
@@ -415,15 +405,13 @@ class DayOracle:
             c = float(price[t])
             f_mg[t], f_mt[t], f_ess[t] = lower_layer_costs(f, c, p_mt[t], p_grid[t], cha[t], dis[t], dt,
                                                             cfg.export_discount)
-            pi_up, pi_dn = balancing_prices(c, o.balancing_kappa)
-            c_q = reactive_cost(c, o)
+            pi_up, pi_dn, w, c_q, c_qs = step_prices(c, o)
             bal[t] = (pi_up * dpu[t] - pi_dn * dpd[t] + c_q * (dqu[t] + dqd[t]) + o.voll_eur_per_kwh * shd[t]
-                      + o.curtailment_cost_eur_per_kwh * cur[t]
-                      + o.reactive_slack_cost_factor * c_q * (qsu[t] + qsd[t])) * dt
+                      + o.curtailment_cost_eur_per_kwh * cur[t] + c_qs * (qsu[t] + qsd[t])) * dt
             v_pen[t] = o.voltage_penalty_eur_per_pu_h * float(np.sum(svh[t] + svl[t])) * dt
             if net.n_edges:
                 loss_kw[t] = float(net.r_pu @ l[t] * bk)
-                loss_cost[t] = loss_weight(c, o.loss_price_floor_eur_per_kwh) * loss_kw[t] * dt
+                loss_cost[t] = w * loss_kw[t] * dt
                 vf = np.maximum(v[t, net.edge_from], 1e-9)
                 gap[t] = float(np.max(l[t] - (P[t] ** 2 + Q[t] ** 2) / vf))
         cons = soc_penalty(f, soc[1:])

@@ -1,4 +1,4 @@
-"""The reduced inter-microgrid network built from pandapower's case33bw (SPEC §2)."""
+"""The reduced inter-microgrid network built from pandapower's case33bw ."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The upper-layer SOCP OPF (SPEC §4): exactness, AC validation, hand-solved cases, reference, fallbacks.
+"""The upper-layer SOCP OPF: exactness, AC validation, hand-solved cases, reference, fallbacks.
 
 Conventions: injections are kW/kVar with surplus positive; edge k goes parent -> node k+1 and its flow is the
 sending-end flow at the parent (positive = towards the child).
