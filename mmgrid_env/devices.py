@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import NamedTuple
 
 import numpy as np
 
 from .config import EnvConfig, MicrogridConfig
 
 __all__ = ["Fleet", "fleet_from_config", "action_to_setpoints", "setpoints_to_action", "ess_step",
-           "lower_layer_costs", "soc_penalty", "microgrid_params", "microgrid_step", "STEP_FIELDS", "ACTION_NAMES"]
+           "lower_layer_costs", "soc_penalty", "microgrid_params", "microgrid_step", "MicrogridStep", "STEP_FIELDS",
+           "ACTION_NAMES"]
 
 ACTION_NAMES = ("p_mt", "p_ess", "p_grid", "q_grid")
 """Order of the four action components (eq. 25)."""
@@ -123,10 +125,35 @@ def soc_penalty(fleet: Fleet, soc: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------- one microgrid, scalar
-STEP_FIELDS = ("p_mt_kw", "p_ess_kw", "p_ess_requested_kw", "p_charge_kw", "p_discharge_kw", "p_grid_kw",
-               "q_grid_kvar", "p_net_kw", "q_net_kvar", "soc", "soc_violation", "actions_clipped",
-               "cost_grid_eur", "cost_mt_eur", "cost_ess_eur")
-"""Names of the values :func:`microgrid_step` returns, in order (``soc`` is SoC_{t+1})."""
+class MicrogridStep(NamedTuple):
+    """What one microgrid's lower layer did in a step (:func:`microgrid_step`): kW, kVar, €; ``soc`` is SoC_{t+1}
+    and ``soc_violation`` = cons(SoC_{t+1}). Each field is the ``infos[agent]`` key of the same name."""
+
+    p_mt_kw: float
+    p_ess_kw: float
+    p_ess_requested_kw: float
+    p_charge_kw: float
+    p_discharge_kw: float
+    p_grid_kw: float
+    q_grid_kvar: float
+    p_net_kw: float
+    q_net_kvar: float
+    soc: float
+    soc_violation: float
+    actions_clipped: float
+    cost_grid_eur: float
+    cost_mt_eur: float
+    cost_ess_eur: float
+
+    @property
+    def cost_lower_eur(self) -> float:
+        """F_MG + F_MT + F_ESS (€)."""
+        return self.cost_grid_eur + self.cost_mt_eur + self.cost_ess_eur
+
+
+STEP_FIELDS = MicrogridStep._fields
+"""Names of the values :func:`microgrid_step` returns (the fields of :class:`MicrogridStep`)."""
+_new_step = tuple.__new__  # MicrogridStep's own __new__ checks its arguments again: 2x slower per step
 
 
 def microgrid_params(fleet: Fleet) -> list[tuple]:
@@ -141,8 +168,8 @@ def microgrid_params(fleet: Fleet) -> list[tuple]:
 
 def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: float, p_load_kw: float,
                    q_load_kvar: float, price_eur_per_kwh: float, sell_price_eur_per_kwh: float,
-                   dt_h: float) -> tuple:
-    """One microgrid's lower-layer step: action in [-1, 1]⁴ (clipped) → the values named by :data:`STEP_FIELDS`.
+                   dt_h: float) -> MicrogridStep:
+    """One microgrid's lower-layer step: action in [-1, 1]⁴ (clipped) → a :class:`MicrogridStep`.
 
     The same equations as :func:`action_to_setpoints`, :func:`ess_step`, :func:`lower_layer_costs` and
     :func:`soc_penalty` (eq. 4–10, 19–21, 25), for one microgrid in plain floats. ``params`` comes from
@@ -178,5 +205,5 @@ def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: f
     f_mt = (mt_a * p_mt ** 2 + mt_b * p_mt + mt_c) * dt_h
     f_ess = ess_cost * (eta_c * p_cha + p_dis / eta_d) * dt_h
     cons = max(soc_next - soc_max, 0.0) + max(soc_min - soc_next, 0.0)
-    return (p_mt, p_ess, p_req, p_cha, p_dis, p_grid, q_grid, p_net, q_net, soc_next, cons, float(n_clipped),
-            f_mg, f_mt, f_ess)
+    return _new_step(MicrogridStep, (p_mt, p_ess, p_req, p_cha, p_dis, p_grid, q_grid, p_net, q_net, soc_next, cons,
+                                     float(n_clipped), f_mg, f_mt, f_ess))

@@ -13,21 +13,36 @@ from pettingzoo import ParallelEnv
 
 from .config import EnvConfig, make_config
 from .data import HOURS_PER_DAY, Dataset, load_dataset
-from .devices import fleet_from_config, microgrid_params, microgrid_step, setpoints_to_action, soc_penalty
+from .devices import (STEP_FIELDS, fleet_from_config, microgrid_params, microgrid_step, setpoints_to_action,
+                      soc_penalty)
 from .network import build_network
-from .opf import ConicOPF, OPFResult
+from .opf import ConicOPF, MicrogridBalance, OPFResult
 
 __all__ = ["MultiMicrogridEnv", "AGENT_INFO_KEYS", "SYSTEM_INFO_KEYS"]
 
+EXOGENOUS_KEYS = ("p_pv_kw", "p_wt_kw", "p_load_kw", "q_load_kvar")
+"""The hour's exogenous inputs of each microgrid (kW, kVar), as ``infos[agent]`` keys; the price is added too."""
+BALANCE_FIELDS = MicrogridBalance._fields
+
 AGENT_INFO_KEYS = (
-    "p_pv_kw", "p_wt_kw", "p_load_kw", "q_load_kvar", "price_eur_per_kwh",
-    "p_mt_kw", "p_ess_kw", "p_ess_requested_kw", "p_ess_clipped_kw", "p_charge_kw", "p_discharge_kw",
-    "p_grid_kw", "q_grid_kvar", "p_net_kw", "q_net_kvar", "soc", "soc_violation", "actions_clipped",
-    "cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_lower_eur", "reward_lower",
-    "delta_p_kw", "delta_q_kvar", "curtailment_kw", "shedding_kw", "q_slack_kvar", "cost_balancing_eur",
-    "v_pu",
+    *EXOGENOUS_KEYS, "price_eur_per_kwh",  # the data
+    *STEP_FIELDS, "p_ess_clipped_kw", "cost_lower_eur", "reward_lower",  # the lower layer (devices.MicrogridStep)
+    *BALANCE_FIELDS,  # the upper layer at this microgrid (opf.MicrogridBalance)
 )
-"""Per-microgrid keys of ``infos[agent]`` (kW, kVar, €, p.u.; ``soc_violation`` = cons(SoC_{t+1}))."""
+"""Per-microgrid keys of ``infos[agent]`` (kW, kVar, €, p.u.; ``soc_violation`` = cons(SoC_{t+1})): the names of
+:class:`mmgrid_env.devices.MicrogridStep` and :class:`mmgrid_env.opf.MicrogridBalance`, plus the data and three
+derived values (``p_ess_clipped_kw`` = requested − delivered, ``cost_lower_eur`` = F_MG + F_MT + F_ESS,
+``reward_lower`` = −(α·cost_lower + β·soc_violation))."""
+
+
+class _StepRecord:
+    """The last step's results; :attr:`MultiMicrogridEnv.last_step` builds its arrays on first access."""
+
+    __slots__ = ("infos", "system", "opf", "rewards", "actions", "view")
+
+    def __init__(self, infos, system, opf, rewards, actions):
+        self.infos, self.system, self.opf, self.rewards, self.actions = infos, system, opf, rewards, actions
+        self.view = None
 
 SYSTEM_INFO_KEYS = (
     "hour", "day", "cost_upper_eur", "loss_kw", "loss_cost_eur", "voltage_penalty_eur", "cost_total_eur",
@@ -174,10 +189,10 @@ class MultiMicrogridEnv(ParallelEnv):
         self._day = 0
         self._t = 0
         self._soc_list: list[float] = f.soc_init.tolist()  # SoC per microgrid, plain floats for the step
-        self._last_step: tuple | dict | None = None  # see the last_step property
+        self._last_step: _StepRecord | None = None  # see the last_step property
         self._history: list[dict] = []  # the episode's step infos, kept only when rendering figures
         self._obs = np.zeros((n, low.size), np.float32)
-        self._agent_key_index = {k: j for j, k in enumerate(AGENT_INFO_KEYS)}
+        self._agent_key_index = {k: j for j, k in enumerate(AGENT_INFO_KEYS)}  # render's columns
         self._agent_set = frozenset(self.possible_agents)
         self._mg_params = microgrid_params(f)
 
@@ -278,26 +293,17 @@ class MultiMicrogridEnv(ParallelEnv):
         self._history: list[dict] = []
         own = self._obs.copy()  # the caller's arrays: writing into them must not reach state()
         observations = {a: own[i] for i, a in enumerate(self.agents)}
-        pv, wt, load = self._day_pv_kw[0], self._day_wt_kw[0], self._day_load_kw[0]
-        q_load, price = self._day_q_load_kvar[0], float(self._day_price[0])
-        rows = np.zeros((self.fleet.n, len(AGENT_INFO_KEYS)))
-        k = self._agent_key_index
-        rows[:, k["p_pv_kw"]], rows[:, k["p_wt_kw"]], rows[:, k["p_load_kw"]] = pv, wt, load
-        rows[:, k["q_load_kvar"]], rows[:, k["price_eur_per_kwh"]], rows[:, k["soc"]] = q_load, price, soc
-        rows[:, k["soc_violation"]] = soc_penalty(self.fleet, soc)
-        rows[:, k["v_pu"]] = 1.0
         system = dict.fromkeys(SYSTEM_INFO_KEYS, 0.0)
         system["hour"], system["day"] = 0.0, float(day)
-        infos = self._infos(rows.tolist(), system)
+        cons = soc_penalty(self.fleet, soc).tolist()
+        infos = {}
+        for i, a in enumerate(self.possible_agents):
+            d = system.copy()
+            d.update(dict.fromkeys(AGENT_INFO_KEYS, 0.0))
+            d.update(zip(EXOGENOUS_KEYS, self._day_exo[0][i]))
+            d.update(price_eur_per_kwh=float(self._day_price[0]), soc=float(soc[i]), soc_violation=cons[i], v_pu=1.0)
+            infos[a] = d
         return observations, infos
-
-    def _infos(self, rows: list, system: dict) -> dict:
-        out = {}
-        for a, row in zip(self.possible_agents, rows):
-            d = system.copy()  # copy + update is ~2x faster than building a 40-key dict from scratch
-            d.update(zip(AGENT_INFO_KEYS, row))
-            out[a] = d
-        return out
 
     @property
     def last_step(self) -> dict[str, Any] | None:
@@ -307,13 +313,15 @@ class MultiMicrogridEnv(ParallelEnv):
         system info dict; ``opf``: the :class:`OPFResult` (solve times, solver messages, flows); ``rewards``: (N,);
         ``actions``: (N, 4), as given (before clipping).
         """
-        if self._last_step is None:
+        rec = self._last_step
+        if rec is None:
             return None
-        if type(self._last_step) is tuple:
-            rows, system, opf, rew, act = self._last_step
-            self._last_step = {"rows": np.array(rows), "keys": AGENT_INFO_KEYS, "system": system, "opf": opf,
-                               "rewards": np.array(rew), "actions": np.array(act)}
-        return self._last_step
+        if rec.view is None:
+            infos = [rec.infos[a] for a in self.possible_agents]
+            rec.view = {"rows": np.array([[d[k] for k in AGENT_INFO_KEYS] for d in infos]), "keys": AGENT_INFO_KEYS,
+                        "system": rec.system, "opf": rec.opf, "rewards": np.array(rec.rewards),
+                        "actions": np.array(rec.actions)}
+        return rec.view
 
     def _validate_actions(self, actions: dict) -> list[list[float]]:
         """The actions as N lists of 4 floats, in agent order (unclipped); clear errors for a user's bug."""
@@ -356,15 +364,15 @@ class MultiMicrogridEnv(ParallelEnv):
         # Lower layer, one microgrid at a time in plain floats (devices.microgrid_step)
         lower = [microgrid_step(prm, soc, a, pv, wt, load, q_load, price, sell_price, dt)
                  for prm, soc, a, (pv, wt, load, q_load) in zip(self._mg_params, self._soc_list, act, exo)]
-        p_net = [r[7] for r in lower]
-        q_net = [r[8] for r in lower]
-        opf: OPFResult = self.opf.solve(p_net, q_net, price, [r[5] for r in lower], [r[6] for r in lower])
+        p_net = [r.p_net_kw for r in lower]
+        opf: OPFResult = self.opf.solve(p_net, [r.q_net_kvar for r in lower], price, [r.p_grid_kw for r in lower],
+                                        [r.q_grid_kvar for r in lower])
         alpha, beta = cfg.alpha, cfg.beta
-        cost_lower = [r[12] + r[13] + r[14] for r in lower]
-        r_lower = [-(alpha * c + beta * r[10]) for c, r in zip(cost_lower, lower)]
+        cost_lower = [r.cost_lower_eur for r in lower]
+        r_lower = [-(alpha * c + beta * r.soc_violation) for c, r in zip(cost_lower, lower)]
         cost_upper = opf.objective_eur
         team = math.fsum(r_lower) - cost_upper
-        mg_cost, dp, dq, cur, shd, qs, v_mg = opf.mg_lists
+        balance = opf.mg_lists
         if cfg.reward_mode == "shared":
             rew = [team / n] * n
         else:
@@ -372,16 +380,11 @@ class MultiMicrogridEnv(ParallelEnv):
             weight = [abs(p) for p in p_net]
             total = sum(weight)
             share = [w / total for w in weight] if total > 0 else [1.0 / n] * n
-            rew = [r - c - shared_cost * sh for r, c, sh in zip(r_lower, mg_cost, share)]
-        self._soc_list = [r[9] for r in lower]
+            rew = [r - c - shared_cost * sh for r, c, sh in zip(r_lower, balance.cost_balancing_eur, share)]
+        self._soc_list = [r.soc for r in lower]
         self._t += 1
         done = self._t >= HOURS_PER_DAY
         self._obs = self._observe(self._t)
-        rows = [[pv, wt, load, q_load, price, p_mt, p_ess, p_req, p_req - p_ess, p_cha, p_dis, p_grid, q_grid, pn, qn,
-                 soc, cons, clipped, f_mg, f_mt, f_ess, c_low, r_low, dp, dq, cur, shd, qs, bal, v]
-                for ((pv, wt, load, q_load), (p_mt, p_ess, p_req, p_cha, p_dis, p_grid, q_grid, pn, qn, soc, cons,
-                                              clipped, f_mg, f_mt, f_ess), c_low, r_low, dp, dq, cur, shd, qs, bal, v)
-                in zip(exo, lower, cost_lower, r_lower, dp, dq, cur, shd, qs, mg_cost, v_mg)]
         system = {
             "hour": float(hour), "day": float(day), "cost_upper_eur": cost_upper, "loss_kw": opf.losses_kw,
             "loss_cost_eur": opf.loss_cost_eur, "voltage_penalty_eur": opf.voltage_penalty_eur,
@@ -394,8 +397,19 @@ class MultiMicrogridEnv(ParallelEnv):
         rewards = dict(zip(agents, rew))
         terminations = dict.fromkeys(agents, False)
         truncations = dict.fromkeys(agents, done)
-        infos = self._infos(rows, system)
-        self._last_step = (rows, system, opf, rew, act)
+        # infos by name: the exogenous inputs, the lower layer's MicrogridStep, the OPF's MicrogridBalance
+        infos = {}
+        for a, ex, rec, c_low, r_low, bal in zip(agents, exo, lower, cost_lower, r_lower, zip(*balance)):
+            d = system.copy()  # copy + update is ~2x faster than building a 40-key dict from scratch
+            d.update(zip(EXOGENOUS_KEYS, ex))
+            d["price_eur_per_kwh"] = price
+            d.update(zip(STEP_FIELDS, rec))
+            d["p_ess_clipped_kw"] = rec.p_ess_requested_kw - rec.p_ess_kw
+            d["cost_lower_eur"] = c_low
+            d["reward_lower"] = r_low
+            d.update(zip(BALANCE_FIELDS, bal))
+            infos[a] = d
+        self._last_step = _StepRecord(infos, system, opf, rew, act)
         if self.render_mode in ("rgb_array", "human"):
             self._history.append(infos)
         if done:

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from math import sqrt
 from operator import add, itemgetter
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -36,7 +36,7 @@ import scipy.sparse as sp
 from .config import OPFConfig
 from .network import Network
 
-__all__ = ["OPFResult", "ConicOPF", "balancing_prices", "loss_weight", "reactive_cost", "step_prices",
+__all__ = ["OPFResult", "MicrogridBalance", "ConicOPF", "balancing_prices", "loss_weight", "reactive_cost", "step_prices",
            "build_cvxpy_opf",
            "solve_cvxpy_opf", "STATUS_OPTIMAL", "STATUS_FALLBACK_SOLVER", "STATUS_SAFE_DISPATCH"]
 
@@ -76,6 +76,20 @@ def reactive_cost(price_eur_per_kwh: float, cfg: OPFConfig) -> float:
     return cfg.reactive_cost_rel * abs(float(price_eur_per_kwh)) + cfg.reactive_cost_abs_eur_per_kvarh
 
 
+class MicrogridBalance(NamedTuple):
+    """What the OPF decided at each microgrid, one list of floats per field (one entry per microgrid). Each field
+    is the ``infos[agent]`` key of the same name: balancing cost €, ΔP kW (+ buys), ΔQ kVar (+ imports),
+    curtailment kW, shedding kW, reactive slack kVar (+ supplied), voltage p.u. at the microgrid's node."""
+
+    cost_balancing_eur: list
+    delta_p_kw: list
+    delta_q_kvar: list
+    curtailment_kw: list
+    shedding_kw: list
+    q_slack_kvar: list
+    v_pu: list
+
+
 @dataclass
 class OPFResult:
     """What one OPF solve reports. Powers in kW/kVar (generation/injection positive), costs in €, voltages p.u.
@@ -103,44 +117,43 @@ class OPFResult:
     iterations: int = 0
     errors: list = field(default_factory=list)
     """Messages of the solvers that failed before the answer (empty on a normal step)."""
-    mg_lists: tuple = field(default=((),) * 7, repr=False, compare=False)
-    """Per microgrid, as lists of floats: (balancing cost €, ΔP kW, ΔQ kVar, curtailment kW, shedding kW,
-    q-slack kVar, voltage p.u.) — the source of the per-microgrid arrays."""
+    mg_lists: MicrogridBalance = field(default=MicrogridBalance(*((),) * 7), repr=False, compare=False)
+    """Per microgrid, by name, as lists of floats — the source of the per-microgrid arrays."""
     network_lists: tuple = field(default=((), (), (), (), 1.0, 1.0), repr=False, compare=False)
     """(v, l, P, Q) in the solver's per unit, then its power base (kW) and current base (kA)."""
 
     @cached_property
     def mg_balancing_cost_eur(self) -> np.ndarray:
         """Per microgrid: its ΔP, ΔQ, curtailment, shedding and reactive-slack costs (€)."""
-        return np.array(self.mg_lists[0])
+        return np.array(self.mg_lists.cost_balancing_eur)
 
     @cached_property
     def delta_p_kw(self) -> np.ndarray:
         """Balancing trade with the main grid decided by the OPF (kW, + buys)."""
-        return np.array(self.mg_lists[1])
+        return np.array(self.mg_lists.delta_p_kw)
 
     @cached_property
     def delta_q_kvar(self) -> np.ndarray:
         """Reactive balancing trade (kVar, + imports)."""
-        return np.array(self.mg_lists[2])
+        return np.array(self.mg_lists.delta_q_kvar)
 
     @cached_property
     def curtailment_kw(self) -> np.ndarray:
-        return np.array(self.mg_lists[3])
+        return np.array(self.mg_lists.curtailment_kw)
 
     @cached_property
     def shedding_kw(self) -> np.ndarray:
-        return np.array(self.mg_lists[4])
+        return np.array(self.mg_lists.shedding_kw)
 
     @cached_property
     def q_slack_kvar(self) -> np.ndarray:
         """Reactive power beyond the ΔQ limits (+ supplied, − absorbed); zero unless the limits bind."""
-        return np.array(self.mg_lists[5])
+        return np.array(self.mg_lists.q_slack_kvar)
 
     @cached_property
     def mg_v_pu(self) -> np.ndarray:
         """Voltage magnitude at each microgrid's node (p.u.)."""
-        return np.array(self.mg_lists[6])
+        return np.array(self.mg_lists.v_pu)
 
     @cached_property
     def v_pu(self) -> np.ndarray:
@@ -161,6 +174,9 @@ class OPFResult:
     def current_ka(self) -> np.ndarray:
         """Current magnitude per edge (kA)."""
         return np.sqrt(np.array(self.network_lists[1], float)) * self.network_lists[5]
+
+
+_new_balance = tuple.__new__  # the NamedTuple's own __new__ re-checks its arguments: slower on the hot path
 
 
 class _FewGetter:
@@ -717,7 +733,8 @@ class ConicOPF:
                    for le, p, q, vi in zip(l, P, Q, self._v_from(v))], default=0.0) * self._gap_to_feeder_pu
         viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
         return OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
-                         viol, wall, solver_time, iters, errors, (cost, dp, dq, cur, shd, qsl, v_mg),
+                         viol, wall, solver_time, iters, errors,
+                         _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, qsl, v_mg)),
                          (v, l, P, Q, bk, self.i_base_ka))
 
     def _safe_dispatch(self, p_kw, q_kvar, prices, wall, errors) -> OPFResult:
