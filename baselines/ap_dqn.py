@@ -30,7 +30,7 @@ a control variate that no action changes); evaluation always reports the system'
 
 Train with ``examples/train_ap_dqn.py``. Library use::
 
-    from baselines.ap_dqn import Args, train, APDQNPolicy
+    from mmgrid_baselines.ap_dqn import Args, train, APDQNPolicy
     res = train(Args(variant="ap_dqn", total_steps=20_000))
     policy = APDQNPolicy(res.qnet, res.args)          # obs dict -> continuous action dict, has reset()
 """
@@ -52,9 +52,11 @@ import torch.nn.functional as F
 
 from mmgrid_env import DiscreteActions, parallel_env
 
+from .mappo import CheckpointError, _first_line, _load_payload, _save_payload
+
 __all__ = ["Args", "VARIANTS", "SumTree", "PrioritizedReplayBuffer", "UniformReplayBuffer", "beta_schedule",
            "importance_weights", "FeatureAttention", "QNetwork", "train", "TrainResult", "APDQNPolicy",
-           "save_checkpoint", "load_checkpoint", "evaluate_days", "make_env"]
+           "save_checkpoint", "load_checkpoint", "CheckpointError", "evaluate_days", "make_env"]
 
 VARIANTS = {"dqn": (False, False), "per_dqn": (True, False), "att_dqn": (False, True), "ap_dqn": (True, True)}
 """variant → (prioritized replay, attention)."""
@@ -98,7 +100,7 @@ class Args:
     """``"net_load"`` (default): add c_t·(P_load − P_PV − P_WT)·Δt (the cost of buying the net load at the price; per agent
     in ``"individual"`` mode, the team's share in ``"shared"``) to each reward before learning. No action changes
     it, so the greedy policy of the true Q-function is unchanged; it removes the large exogenous part of every
-    reward, which the Q-network would otherwise have to fit (a control variate, as in ``baselines.mappo``)."""
+    reward, which the Q-network would otherwise have to fit (a control variate, as in ``mmgrid_baselines.mappo``)."""
     soc_shield: bool = True
     """clip every ESS choice to the operational SoC limits (``DiscreteActions(ess_within_soc_limits=True)``): the
     SoC penalty can then never be paid"""
@@ -496,19 +498,31 @@ class APDQNPolicy:
 
 
 def save_checkpoint(path: str | os.PathLike, result: TrainResult) -> None:
-    """``torch.save`` of {state_dict, config (Args as a dict), network sizes}; loads with ``weights_only=True``."""
+    """``torch.save`` of {state_dict, its SHA-256, config (Args as a dict), network sizes}; loads with
+    ``weights_only=True``."""
     q = result.qnet
-    torch.save({"state_dict": q.state_dict(), "config": dataclasses.asdict(result.args),
-                "n_features": int(q.n_features), "n_agents": int(q.n_agents), "n_actions": int(q.n_actions),
-                "env_steps": int(result.env_steps), "updates": int(result.updates)}, path)
+    _save_payload({"state_dict": q.state_dict(), "config": dataclasses.asdict(result.args),
+                   "n_features": int(q.n_features), "n_agents": int(q.n_agents), "n_actions": int(q.n_actions),
+                   "env_steps": int(result.env_steps), "updates": int(result.updates)}, path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[QNetwork, Args]:
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    args = Args(**ck["config"])
-    q = QNetwork(ck["n_features"], ck["n_agents"], ck["n_actions"], args.attention, args.hidden, args.d_model,
-                 args.n_heads)
-    q.load_state_dict(ck["state_dict"])
+    """``(qnet, args)`` of a checkpoint written by :func:`save_checkpoint`.
+
+    Raises :class:`CheckpointError` (naming the file) for a file that is not an intact AP-DQN checkpoint (see
+    :func:`mmgrid_baselines.mappo.load_checkpoint`); checkpoints saved without the SHA-256 load unchecked by it.
+    """
+    name = os.fspath(path)
+    ck = _load_payload(path)
+    try:
+        args = Args(**ck["config"])
+        q = QNetwork(ck["n_features"], ck["n_agents"], ck["n_actions"], args.attention, args.hidden, args.d_model,
+                     args.n_heads)
+        q.load_state_dict(ck["state_dict"])
+    except KeyError as e:  # also an unknown variant (Args.attention)
+        raise CheckpointError(f"{name}: not a valid AP-DQN checkpoint (missing or unknown {e})") from e
+    except (TypeError, ValueError, RuntimeError) as e:  # unknown Args fields; weights that do not fit
+        raise CheckpointError(f"{name}: not a valid AP-DQN checkpoint ({_first_line(e)})") from e
     return q.eval(), args
 
 

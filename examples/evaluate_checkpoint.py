@@ -15,7 +15,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-from mmgrid_baselines.mappo import policy_from_checkpoint
+from mmgrid_baselines.mappo import CheckpointError, policy_from_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +36,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmgrid_env import compare_table, evaluate, parallel_env
 
-    policy, args, env_info = policy_from_checkpoint(ns.checkpoint, deterministic=not ns.stochastic)
+    try:
+        policy, args, env_info = policy_from_checkpoint(ns.checkpoint, deterministic=not ns.stochastic)
+    except (CheckpointError, FileNotFoundError) as exc:
+        p.error(str(exc))  # one line, exit status 2
     preset = ns.env_preset or env_info["env_preset"]
     overrides = dict(env_info.get("env_overrides") or {})
     env = parallel_env(preset, **overrides)

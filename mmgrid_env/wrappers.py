@@ -14,6 +14,8 @@ Discrete(44)
 
 from __future__ import annotations
 
+import operator
+from collections.abc import Mapping
 from typing import Any, Sequence
 
 import numpy as np
@@ -57,6 +59,13 @@ class DiscreteActions(ParallelEnv):
     SoC_{t+1} inside the *operational* limits [soc_min, soc_max] (the soft limits of the reward's SoC penalty),
     so a learner can never pay that penalty and need not learn the limits from it. A charge level at SoC_max (or
     a discharge level at SoC_min) then means "idle". Off by default (the agent's choice reaches the env as is).
+
+    Actions are validated, never coerced: each must be an integer index in ``[0, n_actions)``: a Python ``int``,
+    a NumPy integer, a size-1 integer array, or any object implementing ``__index__`` (e.g. a 0-d integer
+    tensor). Anything else raises ``TypeError`` (floats, even integral ones like ``3.0``; strings; ``bool``, which
+    is an ``int`` subclass but never meant as an index; arrays of another dtype or size) and an integer out of
+    range raises ``ValueError``, with a message naming the agent. :meth:`step` also requires the ``actions`` dict
+    to name exactly the live agents (``ValueError``); :meth:`setpoints` accepts any subset of them.
 
     Spaces are cached; ``observation_space``, ``state()``, ``state_space``, ``render``, ``close``, rewards and
     infos pass through. ``levels`` is the ``(k, 2)`` table of (MT fraction, ESS level) per action index.
@@ -151,15 +160,37 @@ class DiscreteActions(ParallelEnv):
         return self.env.close()
 
     # ------------------------------------------------------------------ decoding
+    def _action_index(self, agent: str, action: Any) -> int:
+        """``action`` as a Python int in ``[0, n_actions)``; ``TypeError``/``ValueError`` naming ``agent`` else."""
+        expected = f"action of {agent} must be an integer in [0, {self.n_actions})"
+        if isinstance(action, (bool, np.bool_)):
+            raise TypeError(f"{expected}, got {_describe(action)}")
+        if isinstance(action, np.ndarray):
+            # np.ndarray.__index__ takes 0-d integer arrays only; a (1,)-shaped one is a common policy output
+            if action.dtype.kind not in "iu" or action.size != 1:
+                raise TypeError(f"{expected}, got {_describe(action)}")
+            k = int(action.reshape(-1)[0])
+        else:
+            try:  # int, NumPy integers, 0-d integer tensors; not float or str (int() would truncate or parse them)
+                k = operator.index(action)
+            except TypeError:
+                raise TypeError(f"{expected}, got {_describe(action)}") from None
+        if not 0 <= k < self.n_actions:
+            raise ValueError(f"{expected}, got {_describe(action)}")
+        return k
+
     def setpoints(self, observations: dict[str, np.ndarray], actions: dict[str, Any]) -> dict[str, np.ndarray]:
-        """Physical set-points ``[P_MT, P_ESS (requested), P_grid, Q_grid]`` (kW, kVar) per agent."""
+        """Physical set-points ``[P_MT, P_ESS (requested), P_grid, Q_grid]`` (kW, kVar) per agent in ``actions``."""
+        if not isinstance(actions, Mapping):
+            raise TypeError(f"actions must be a dict {{agent: int}}, got {type(actions).__name__}")
+        unknown = [a for a in actions if a not in self._index]
+        if unknown:
+            raise ValueError(f"actions name unknown agent(s) {unknown}; agents are {self.possible_agents}")
+        keys = [self._action_index(a, k) for a, k in actions.items()]  # all checked before any decoding
         f, dt = self._fleet, self._dt
         out = {}
-        for a, k in actions.items():
+        for a, k in zip(actions, keys):
             i = self._index[a]
-            k = int(np.asarray(k).reshape(-1)[0]) if np.ndim(k) else int(k)
-            if not 0 <= k < self.n_actions:
-                raise ValueError(f"action of {a} must be an integer in [0, {self.n_actions}), got {k}")
             o = np.asarray(observations[a], float)
             pv, wt = o[0] * self._pv_scale[i], o[1] * self._wt_scale[i]
             load, soc = o[2] * f.load_peak_kw[i], float(np.clip(o[4], 0.0, 1.0))
@@ -212,7 +243,26 @@ class DiscreteActions(ParallelEnv):
     def step(self, actions: dict[str, Any]):
         if not self.agents:
             raise RuntimeError("step() called on a finished episode: call reset() first")
+        if not isinstance(actions, Mapping):
+            raise TypeError(f"actions must be a dict {{agent: int}}, got {type(actions).__name__}")
+        if set(actions) != set(self.agents):
+            missing = [a for a in self.agents if a not in actions]
+            extra = [a for a in actions if a not in self.agents]
+            raise ValueError(f"actions must name exactly the live agents {self.agents}; missing {missing}, "
+                             f"unknown {extra}")
         cont = self.continuous_actions(self._last_obs, actions)
         obs, rew, term, trunc, infos = self.env.step(cont)
         self._last_obs = dict(obs)
         return obs, rew, term, trunc, infos
+
+
+def _describe(value: Any) -> str:
+    """A short one-line description of a rejected action: its value (when short) and its type."""
+    if isinstance(value, np.ndarray) and value.size != 1:
+        return f"an array of shape {value.shape} and dtype {value.dtype}"
+    if isinstance(value, np.ndarray):
+        return f"{value.item()!r} (array of shape {value.shape} and dtype {value.dtype})"
+    text = repr(value).replace("\n", " ")  # one line, whatever the object's repr
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
