@@ -25,9 +25,9 @@ Hyper-parameter sets (``Args.from_preset``):
   ``"paper"`` preset (observation of eq. 24) with a critic on ``state()`` alone. The paper gives no λ, epochs,
   grad-norm or std: MAPPO's defaults (λ 0.95, 5 epochs, grad-norm 10, initial std 1), no entropy bonus.
 * ``"default"`` (the :class:`Args` defaults) — what worked best here (docs/results.md): preset
-  ``"paper_day_ahead"``, the trade centred on each microgrid's own balance (``action_map="balance"``), the SoC
-  shield (``soc_shield=True``), the MT in merit order of the observed price (``mt_merit_order=True``; the actor
-  then decides the battery and the trade offsets),
+  ``"paper_day_ahead"``, the action stages (``Args.action_stages``) MT in merit order of the observed price, SoC
+  shield, MT cover and the trade centred on each microgrid's own balance (the actor then decides the battery and
+  the trade offsets),
   γ = 0.99 (energy bought at noon is sold in the evening: γ = 0.95 discounts 8 h by a third), λ = 0.3, 10 epochs
   over 1 536-transition rollouts in minibatches of 192, actor and critic lr 1e-3 annealed to 0, initial std 0.6,
   30 000 episodes, the exogenous reward baseline (``reward_baseline="net_load"``) and the privileged critic
@@ -52,7 +52,7 @@ import time
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,11 +60,12 @@ import torch.nn as nn
 from torch.distributions import Normal
 
 from mmgrid_env import parallel_env
+from mmgrid_env.control import ActionChain
 
 __all__ = ["Args", "HYPERPARAMETER_SETS", "Actor", "Critic", "RunningMeanStd", "MAPPOAgent", "compute_gae",
            "ppo_losses", "train", "TrainResult", "MAPPOPolicy", "save_checkpoint", "load_checkpoint",
            "policy_from_checkpoint", "CheckpointError", "state_dict_sha256", "make_env", "day_profiles",
-           "greedy_day_cost", "tensorboard_available", "BalanceActionMap", "make_action_map"]
+           "greedy_day_cost", "tensorboard_available", "make_action_map"]
 
 HOURS = 24  # steps per episode (one day); the env ends every episode by truncation after 24 steps
 
@@ -156,27 +157,20 @@ class Args:
     """Privileged critic input (training only): the current day's 24 prices and each microgrid's 24 net loads
     (P_load − P_PV − P_WT, ÷ load peak), appended to ``state()``. The value of stored energy depends on the
     prices still to come, which ``state()`` does not show; actors never see this."""
-    action_map: str = "balance"
-    """How the actor's four outputs become the env's action. ``"direct"``: as they are (eq. 25, clipped).
-    ``"balance"`` (default): P_MT and P_ESS as given (then adjusted by ``soc_shield``, ``mt_merit_order`` and
-    ``balance_mt_cover``); the trade P_grid is centred on the microgrid's own balance,
-    P_load − P_PV − P_WT − P_MT − P_ESS (the ESS power the battery can deliver at its SoC), and the grid output
-    moves it by ± ``balance_residual`` of half the trade range; Q_grid likewise around Q_load. Computed from the
-    agent's own observation only (see :class:`BalanceActionMap`), so execution stays decentralised."""
-    soc_shield: bool = True
-    """(Default on.) Clip the ESS request to what keeps the SoC inside [soc_min, soc_max] before it reaches the
-    env (with either action map; see :class:`BalanceActionMap`): a safety shield, so the SoC penalty is never paid.
-    Computed from the agent's own observation; the policy gradient still uses the unclipped sample."""
+    action_stages: tuple[str, ...] = ("merit_order_mt", "soc_shield", "mt_cover", "balance")
+    """How the actor's four outputs become the env's action: the env's affine map (eq. 25), then these stages of
+    :class:`mmgrid_env.control.ActionChain`, in order (``()``: the outputs as they are, clipped). The default, each a
+    hand-written prior computed from the agent's own observation (so execution stays decentralised):
+    ``merit_order_mt`` runs the MT at clip((c_t − b)/(2a)) of the observed price (the actor's MT output is then
+    unused); ``soc_shield`` clips the ESS request to what keeps the SoC in [soc_min, soc_max] (the SoC penalty is
+    never paid; the policy gradient still uses the unclipped sample); ``mt_cover`` moves P_MT by what the trade
+    limits cannot carry (without it a policy that turns the MT off at a cheap noon of a November day leaves the
+    deficit to be shed at VOLL: docs/results.md); ``balance`` centres the trade P_grid on the microgrid's balance
+    P_load − P_PV − P_WT − P_MT − P_ESS, the grid output moving it by ± ``balance_residual`` of half the trade
+    range (Q_grid likewise around Q_load)."""
     balance_residual: float = 0.25
-    """With ``action_map="balance"``: how far (fraction of half the trade range) the grid outputs move the trade
-    away from the balance."""
-    balance_mt_cover: bool = True
-    """With ``action_map="balance"``: when the balance lies beyond the trade limits, move P_MT by what the trade
-    cannot carry (see :class:`BalanceActionMap`). Without it, a policy that turns the MT off at a cheap noon of a
-    November day leaves the deficit beyond the import limit to be shed at VOLL (docs/results.md)."""
-    mt_merit_order: bool = True
-    """(Default on.) Run each MT in merit order, P_MT = clip((c_t − b)/(2a)) of the observed price (the rule-based
-    policy's MT rule, AP-DQN's default), instead of the actor's MT output, which is then unused."""
+    """With the ``balance`` stage: how far (fraction of half the trade range) the grid outputs move the trade away
+    from the balance."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
     value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
@@ -225,7 +219,7 @@ HYPERPARAMETER_SETS: dict[str, dict[str, Any]] = {
                   # not in Table I: MAPPO's defaults (Yu et al.) where they exist, else the plainest choice
                   gae_lambda=0.95, update_epochs=5, max_grad_norm=10.0, init_log_std=0.0, ent_coef=0.0,
                   anneal_lr=False, reward_baseline="none", critic_time_feature=False, critic_day_profile=False,
-                  env_preset="paper", action_map="direct", soc_shield=False, mt_merit_order=False),
+                  env_preset="paper", action_stages=()),
 }
 
 
@@ -423,90 +417,9 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-class BalanceActionMap:
-    """Actor outputs (…, N, 4) in [-1, 1] → env actions, from the agent's own observation and the env's ranges.
-
-    ``balance=True`` (``action_map="balance"``): P_MT and P_ESS keep the env's affine map (eq. 25); the trade is
-    centred on the microgrid's own balance, P_grid = clip(P_load − P_PV − P_WT − P_MT − P_ESS,feasible +
-    a_grid·ρ·(P_max − P_min)/2, P_min, P_max) with ρ = ``residual``, and Q_grid = clip(Q_load + a_q·ρ·(Q_max −
-    Q_min)/2, Q_min, Q_max). P_ESS,feasible is the request clipped to what the battery can deliver or absorb at
-    the observed SoC (the env's own rule), so a_grid = 0 leaves the network nothing to settle — unless the balance
-    lies beyond the trade limits. ``mt_cover=True`` then moves P_MT by what the trade cannot carry (up for a deficit
-    above P_max, down for a surplus below P_min, within the MT's range) before the trade is set, so that the
-    network is not left to shed load at VOLL (or curtail) what the microgrid's own turbine could have covered.
-    ``balance=False``: P_grid and Q_grid as the actor gives them (the ``"direct"`` map).
-
-    ``mt_merit_order=True`` replaces the actor's P_MT by the merit-order set-point of the observed price,
-    clip((c_t − b)/(2a), P_MT,min, P_MT,max) (before the cover, which may raise it further).
-
-    ``soc_shield=True`` first clips the ESS request to what keeps SoC_{t+1} inside the *operational* limits
-    [soc_min, soc_max] (the reward's soft limits), so the SoC penalty is never paid. PV, WT, load and SoC come
-    from observation columns 0–2 and 4 times the capacities of ``env.fleet``. The result is expressed again as
-    an action in [-1, 1]⁴.
-    """
-
-    def __init__(self, env, residual: float = 0.25, balance: bool = True, soc_shield: bool = False,
-                 mt_cover: bool = False, mt_merit_order: bool = False):
-        f = env.unwrapped.fleet
-        self.low, self.high = f.action_low.astype(np.float64), f.action_high.astype(np.float64)
-        self.span = np.where(self.high > self.low, self.high - self.low, 1.0)
-        self.pv_scale = np.where(f.pv_kwp > 0, f.pv_kwp, 1.0)
-        self.wt_scale = np.where(f.wt_kw > 0, f.wt_kw, 1.0)
-        self.load_peak, self.tan_phi = f.load_peak_kw, f.tan_phi
-        dt = float(env.unwrapped.config.dt_h)
-        self.dis_per_soc = f.ess_capacity_kwh * f.ess_eta_discharge / dt  # max discharge kW per unit of SoC
-        self.cha_per_soc = f.ess_capacity_kwh / (f.ess_eta_charge * dt)  # max charge kW per unit of (1 − SoC)
-        self.dis_max, self.cha_max = f.ess_discharge_max_kw, f.ess_charge_max_kw
-        self.soc_min, self.soc_max = f.soc_min, f.soc_max
-        self.residual, self.balance, self.soc_shield = float(residual), bool(balance), bool(soc_shield)
-        self.mt_cover, self.mt_merit_order = bool(mt_cover), bool(mt_merit_order)
-        self.price_scale = float(env.unwrapped.config.price_scale_eur_per_kwh)
-        self.mt_a, self.mt_b = f.mt_cost_a_eur_per_kw2h, f.mt_cost_b_eur_per_kwh
-        self.half_residual = 0.5 * self.span * self.residual  # how far a grid output of ±1 moves the trade
-
-    def __call__(self, obs: np.ndarray, actions: np.ndarray) -> np.ndarray:
-        a = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
-        o = np.asarray(obs, np.float64)
-        sp = self.low + (a + 1.0) * 0.5 * self.span  # set-points of the direct map
-        soc = np.clip(o[..., 4], 0.0, 1.0)
-        if self.mt_merit_order:  # P_MT where the observed price meets the marginal cost b + 2a·P (MT output unused)
-            price = o[..., 3] * self.price_scale
-            sp[..., 0] = np.clip((price - self.mt_b) / (2.0 * self.mt_a), self.low[:, 0], self.high[:, 0])
-        if self.soc_shield:  # 1e-6 margin: the observed SoC is float32
-            sp[..., 1] = np.clip(sp[..., 1], -np.clip(self.soc_max - soc - 1e-6, 0.0, None) * self.cha_per_soc,
-                                 np.clip(soc - self.soc_min - 1e-6, 0.0, None) * self.dis_per_soc)
-        if self.balance:
-            p_ess = np.clip(sp[..., 1], -np.minimum(self.cha_max, (1.0 - soc) * self.cha_per_soc),
-                            np.minimum(self.dis_max, soc * self.dis_per_soc))
-            load = o[..., 2] * self.load_peak
-            net = load - o[..., 0] * self.pv_scale - o[..., 1] * self.wt_scale - sp[..., 0] - p_ess
-            if self.mt_cover:  # the part of the balance beyond the trade limits goes to the MT, within its range
-                mt = np.clip(sp[..., 0] + np.clip(net - self.high[:, 2], 0.0, None)
-                             - np.clip(self.low[:, 2] - net, 0.0, None), self.low[:, 0], self.high[:, 0])
-                net = net + sp[..., 0] - mt
-                sp[..., 0] = mt
-            half = self.half_residual
-            sp[..., 2] = net + a[..., 2] * half[:, 2]
-            sp[..., 3] = load * self.tan_phi + a[..., 3] * half[:, 3]
-        sp = np.clip(sp, self.low, self.high)
-        return np.clip(2.0 * (sp - self.low) / self.span - 1.0, -1.0, 1.0).astype(np.float32)
-
-
-def _needs_balance_map(name: str, soc_shield: bool, mt_merit_order: bool) -> bool:
-    """Whether the map reads the env's capacities (a :class:`BalanceActionMap`) or is a plain clip."""
-    return name == "balance" or soc_shield or mt_merit_order
-
-
-def make_action_map(args: Args, env) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``, as ``args.action_map`` and
-    ``args.soc_shield``, ``args.balance_mt_cover`` and ``args.mt_merit_order`` say."""
-    if args.action_map not in ("direct", "balance"):
-        raise ValueError(f"action_map must be 'direct' or 'balance', got {args.action_map!r}")
-    if not _needs_balance_map(args.action_map, args.soc_shield, args.mt_merit_order):
-        return lambda obs, act: np.clip(act, -1.0, 1.0)
-    return BalanceActionMap(env, args.balance_residual, balance=args.action_map == "balance",
-                            soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover,
-                            mt_merit_order=args.mt_merit_order)
+def make_action_map(args: Args, env) -> ActionChain:
+    """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``: the chain ``args.action_stages``."""
+    return ActionChain(env, args.action_stages, args.balance_residual)
 
 
 def make_env(args: Args, **env_overrides: Any):
@@ -795,23 +708,13 @@ class MAPPOPolicy:
     """
 
     def __init__(self, agent: MAPPOAgent, agents: list[str], deterministic: bool = True, seed: int = 0,
-                 device: str | torch.device = "cpu", action_map: str | Callable | None = None,
-                 balance_residual: float = 0.25, soc_shield: bool = False, mt_cover: bool = False,
-                 mt_merit_order: bool = False):
+                 device: str | torch.device = "cpu", action_stages: Sequence[str] = (),
+                 balance_residual: float = 0.25, action_map: Callable | None = None):
         self.agent = agent.to(device).eval()
-        # a named map that reads the env's capacities is built in bind_env (the harness calls it); a callable is
-        # used as it is
-        self.action_map = action_map if callable(action_map) else None
-        if not callable(action_map):
-            if action_map is None:
-                action_map = "direct"
-            elif not isinstance(action_map, str) or action_map not in ("direct", "balance"):
-                raise ValueError(f"action_map must be 'direct', 'balance' or a callable, got {action_map!r}")
-        # the named map's settings, in the Args fields make_action_map reads
-        self._map_args = None if callable(action_map) else Args(
-            action_map=action_map, balance_residual=float(balance_residual), soc_shield=bool(soc_shield),
-            balance_mt_cover=bool(mt_cover), mt_merit_order=bool(mt_merit_order))
-        self._needs_env = self._map_args is not None and _needs_balance_map(action_map, soc_shield, mt_merit_order)
+        # the chain reads the env's ratings: built in bind_env (the harness calls it); a callable is used as it is
+        self.action_map = action_map
+        self.chain_spec = {"stages": list(action_stages), "residual": float(balance_residual)}
+        self._needs_env = action_map is None and bool(action_stages)
         self.agents = list(agents)
         self.index = {a: i for i, a in enumerate(self.agents)}
         self.deterministic = deterministic
@@ -824,14 +727,13 @@ class MAPPOPolicy:
     @classmethod
     def from_args(cls, agent: MAPPOAgent, agents: list[str], args: Args, **kwargs: Any) -> "MAPPOPolicy":
         """The policy with the action map ``args`` trained with (``kwargs``: deterministic, seed, device)."""
-        return cls(agent, agents, action_map=args.action_map, balance_residual=args.balance_residual,
-                   soc_shield=args.soc_shield, mt_cover=args.balance_mt_cover, mt_merit_order=args.mt_merit_order,
+        return cls(agent, agents, action_stages=args.action_stages, balance_residual=args.balance_residual,
                    **kwargs)
 
     def bind_env(self, env) -> None:
-        """Build the action map from the env's capacities (the harness calls this)."""
+        """Build the action chain from the env's ratings (the harness calls this)."""
         if self._needs_env:
-            self.action_map = make_action_map(self._map_args, env)
+            self.action_map = ActionChain(env, **self.chain_spec)
 
     @torch.no_grad()
     def __call__(self, observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -848,8 +750,8 @@ class MAPPOPolicy:
                                                          device=self.device)).clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
         if self._needs_env and self.action_map is None:
-            raise RuntimeError("MAPPOPolicy(action_map='balance', soc_shield=True or mt_merit_order=True) needs the "
-                               "env's capacities: call bind_env(env)")
+            raise RuntimeError(f"MAPPOPolicy with action stages {self.chain_spec['stages']} needs the env's ratings: "
+                               f"call bind_env(env)")
         if self.action_map is not None:
             if [self.index[a] for a in names] != list(range(len(self.agents))):
                 raise ValueError("the action map needs every agent's observation, in agent order")
@@ -959,6 +861,14 @@ _PRE_FIELD_VALUES: dict[str, Any] = {"action_map": "direct", "soc_shield": False
                                      "balance_mt_cover": False, "mt_merit_order": False}
 
 
+def _stages_of_old_args(saved: dict[str, Any]) -> tuple[str, ...]:
+    """The action stages of a checkpoint saved with the five switches that preceded ``action_stages``."""
+    balance = saved["action_map"] == "balance"
+    return tuple(name for name, on in (("merit_order_mt", saved["mt_merit_order"]), ("soc_shield", saved["soc_shield"]),
+                                       ("mt_cover", balance and saved["balance_mt_cover"]), ("balance", balance))
+                 if on)
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
                     ) -> tuple[MAPPOAgent, Args, dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``).
@@ -975,7 +885,11 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     try:
         known = {f.name for f in dataclasses.fields(Args)}
         # a field the checkpoint predates takes the value it had before it existed, not today's default
-        saved = {**_PRE_FIELD_VALUES, **payload["args"]}
+        saved = dict(payload["args"])
+        if "action_stages" not in saved:  # saved before the stages existed: its switches say which it used
+            saved = {**_PRE_FIELD_VALUES, **saved}
+            saved["action_stages"] = _stages_of_old_args(saved)
+        saved["action_stages"] = tuple(saved["action_stages"])
         args = Args(**{k: v for k, v in saved.items() if k in known})
         env_info = payload["env"]
         agent = MAPPOAgent(env_info["obs_dim"], env_info["state_dim"], len(env_info["agents"]),

@@ -2,14 +2,16 @@
 
 One command, sensible defaults, the bundled data::
 
-    python examples/train_mappo.py                          # default set (preset "paper_day_ahead", action map)
+    python examples/train_mappo.py                          # default set (preset "paper_day_ahead", action stages)
     python examples/train_mappo.py --env-preset paper_extras # + hour of day and a one-hour price forecast only
-    python examples/train_mappo.py --action-map direct --no-soc-shield --no-mt-merit-order   # outputs as they are
+    python examples/train_mappo.py --action-stages           # no action stages: the actor's outputs as they are
+    python examples/train_mappo.py --action-stages soc_shield balance   # some of the hand-written priors
     python examples/train_mappo.py --hp paper                # Table I of the BMAPPO paper (preset "paper", plain map)
     python examples/train_mappo.py --quick                   # smoke run: ~1 minute
 
-The default action map (``mmgrid_baselines.mappo.BalanceActionMap``) centres each trade on the microgrid's balance, keeps
-the SoC inside its limits, runs the MT in merit order and lets it cover what the trade limits cannot carry.
+The default action stages (``Args.action_stages``, a :class:`mmgrid_env.control.ActionChain`) run the MT in merit order,
+keep the SoC inside its limits, let the MT cover what the trade limits cannot carry and centre each trade on the
+microgrid's balance.
 
 Any field of :class:`mmgrid_baselines.mappo.Args` is an option (``--total-episodes 5000``, ``--gamma 0.95``,
 ``--no-anneal-lr``, ...). Outputs go to ``--out`` (default ``runs/mappo/<env>_<hp>_seed<seed>``):
@@ -79,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
         help_ = f"{docs.get(f.name, '')} [{getattr(d, f.name)} | {getattr(pp, f.name)}]".replace("%", "%%")
         if f.type in ("bool", bool):
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
+        elif str(f.type).startswith("tuple"):  # a list of names (``--action-stages`` alone: none)
+            g.add_argument(flag, dest=f.name, nargs="*", default=None, help=help_)
         else:
             typ = {"int": int, "float": float, "str": str}.get(str(f.type), str)
             g.add_argument(flag, dest=f.name, type=typ, default=None, help=help_)
@@ -105,6 +109,7 @@ def _field_docs() -> dict[str, str]:
 
 def args_from_cli(ns: argparse.Namespace) -> Args:
     overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(Args) if getattr(ns, f.name) is not None}
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if ns.quick:
         overrides = {**QUICK, **overrides}
     return Args.from_preset(ns.hp, **overrides)

@@ -16,19 +16,20 @@ from .config import ConfigError, EnvConfig, MicrogridConfig, OPFConfig, make_con
 from .data import Dataset, DataError, load_dataset
 from .env import AGENT_INFO_KEYS, SYSTEM_INFO_KEYS, MultiMicrogridEnv
 from .network import Network, NetworkError, build_network
+from . import control
 from .wrappers import DiscreteActions
 from .policies import POLICIES, RandomPolicy, RuleBasedPolicy, ZeroPolicy, make_policy, rule_based_day_ahead
 from .opf import (STATUS_FALLBACK_SOLVER, STATUS_OPTIMAL, STATUS_SAFE_DISPATCH, ConicOPF, OPFResult,
                   balancing_prices)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 __all__ = [
     "parallel_env", "env", "raw_env", "MultiMicrogridEnv", "EnvConfig", "MicrogridConfig", "OPFConfig",
     "make_config", "presets", "ConfigError", "Dataset", "DataError", "load_dataset", "Network", "NetworkError",
     "build_network", "ConicOPF", "OPFResult", "balancing_prices", "STATUS_OPTIMAL", "STATUS_FALLBACK_SOLVER",
     "STATUS_SAFE_DISPATCH", "AGENT_INFO_KEYS", "SYSTEM_INFO_KEYS", "__version__", "DiscreteActions",
-    "RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "rule_based_day_ahead", "POLICIES",
+    "RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "rule_based_day_ahead", "POLICIES", "control",
 ]
 
 

@@ -61,6 +61,11 @@ class Fleet:
     def n(self) -> int:
         return len(self.bus)
 
+    def select(self, index) -> "Fleet":
+        """The fleet of the microgrids ``index`` (a list of indices), in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        return Fleet(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+
 
 def fleet_from_config(cfg: EnvConfig) -> Fleet:
     mgs = cfg.microgrids

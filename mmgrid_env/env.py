@@ -137,6 +137,9 @@ class MultiMicrogridEnv(ParallelEnv):
     * v0: initial release (SOCP OPF on the reduced ``case33bw`` network, SMARD Luxembourg 2024 data).
     * v0, package 0.2.0: ``obs_price_forecast`` takes a number of hours (``True`` still means one); new preset
       ``"paper_day_ahead"``. Existing presets and their observations are unchanged.
+    * v0, package 0.3.0: every input checked (config fields, reset options, actions, data, OPF inputs; clear
+      errors naming the field), observations owned by the caller, bit-identical replays, the env pickles;
+      ``dt_h`` other than 1 is refused (it was accepted and silently wrong). Same numbers for every valid input.
     """
 
     metadata = {"name": "mmgrid_v0", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,

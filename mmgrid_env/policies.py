@@ -44,12 +44,13 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections import deque
 
 import numpy as np
 
+from . import control
 from .config import EnvConfig, make_config
+from .devices import fleet_from_config
 
 __all__ = ["RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "POLICIES", "rule_based_day_ahead"]
 
@@ -85,23 +86,11 @@ class RuleBasedPolicy:
         if reference == "day_ahead" and not 1 <= self.forecast_h < window:
             raise ValueError("reference='day_ahead' needs a config with obs_price_forecast=k, 1 <= k < window "
                              f"(got k={int(cfg.obs_price_forecast)}, window={window}): e.g. preset 'paper_day_ahead'")
-        self.forecast_col = 5 + int(cfg.obs_q_load)  # the forecast columns follow the core (and Q_load)
         self.config, self.agents = cfg, agents
         self.band, self.end_hours = float(band), int(end_hours)
-        mgs = cfg.microgrids
-        g = lambda name: np.array([float(getattr(m, name)) for m in mgs])  # noqa: E731
-        self.pv_kwp, self.wt_kw, self.load_peak = g("pv_kwp"), g("wt_kw"), g("load_peak_kw")
-        self.tan_phi = np.array([math.tan(math.acos(m.power_factor)) for m in mgs])
-        self.mt_min, self.mt_max = g("mt_min_kw"), g("mt_max_kw")
-        self.mt_a, self.mt_b = g("mt_cost_a_eur_per_kw2h"), g("mt_cost_b_eur_per_kwh")
-        self.e_cap, self.ch_max, self.dis_max = g("ess_capacity_kwh"), g("ess_charge_max_kw"), g("ess_discharge_max_kw")
-        self.eta_c, self.eta_d = g("ess_eta_charge"), g("ess_eta_discharge")
-        self.soc_min, self.soc_max = g("soc_min"), g("soc_max")
-        self.p_min, self.p_max = g("grid_p_min_kw"), g("grid_p_max_kw")
-        self.q_min, self.q_max = g("grid_q_min_kvar"), g("grid_q_max_kvar")
+        self.fleet = fleet_from_config(cfg)
         self.dt = float(cfg.dt_h)
         self.steps_per_day = int(cfg.max_episode_steps)
-        self.price_scale = float(cfg.price_scale_eur_per_kwh)
         self._prices: deque = deque(maxlen=int(window) - self.forecast_h)
         self._t = 0
 
@@ -111,33 +100,28 @@ class RuleBasedPolicy:
 
     def setpoints(self, obs: np.ndarray) -> np.ndarray:
         """Set-points [P_MT, P_ESS, P_grid, Q_grid] (kW, kVar), shape (N, 4), for stacked observations (N, ≥5)."""
-        pv = obs[:, 0] * np.where(self.pv_kwp > 0, self.pv_kwp, 1.0) * (self.pv_kwp > 0)
-        wt = obs[:, 1] * np.where(self.wt_kw > 0, self.wt_kw, 1.0) * (self.wt_kw > 0)
-        load = obs[:, 2] * self.load_peak
-        c = float(obs[0, 3]) * self.price_scale
-        soc = obs[:, 4].astype(float)
+        f = self.fleet
+        seen = control.observe(self.config, obs, f)
+        c = float(seen.price_eur_per_kwh[0])
+        soc = seen.soc
         if self.forecast_h:
-            ahead = obs[0, self.forecast_col:self.forecast_col + self.forecast_h].astype(float) * self.price_scale
             self._prices.append(c)
-            ref = float(np.mean(np.concatenate([np.fromiter(self._prices, float), ahead])))
+            ref = float(np.mean(np.concatenate([np.fromiter(self._prices, float), seen.price_ahead_eur_per_kwh[0]])))
         else:
             ref = float(np.mean(self._prices)) if self._prices else c
             self._prices.append(c)
         hours_left = max(self.steps_per_day - self._t, 1)
         self._t += 1
         # 2. MT at the output where its marginal cost b + 2aP meets the price
-        with np.errstate(divide="ignore", invalid="ignore"):
-            p_mt = np.where(self.mt_a > 0, (c - self.mt_b) / (2 * self.mt_a), np.where(c > self.mt_b, np.inf, 0.0))
-        p_mt = np.clip(p_mt, self.mt_min, self.mt_max)
+        p_mt = control.merit_order_mt_kw(f, c)
         # 3. battery, inside the soft SoC limits
-        dis_room = np.clip(np.minimum(self.dis_max, (soc - self.soc_min) * self.e_cap * self.eta_d / self.dt), 0, None)
-        ch_room = np.clip(np.minimum(self.ch_max, (self.soc_max - soc) * self.e_cap / (self.eta_c * self.dt)), 0, None)
-        surplus = pv + wt + p_mt - load
+        ch_room, dis_room = control.ess_operational_limits_kw(f, soc, self.dt, margin=0.0)
+        surplus = seen.pv_kw + seen.wt_kw + p_mt - seen.load_kw
         end = hours_left <= self.end_hours
         if c <= 0:
             p_ess = -ch_room
         elif end:
-            p_ess = np.minimum(dis_room, (soc - self.soc_min).clip(0) * self.e_cap * self.eta_d
+            p_ess = np.minimum(dis_room, (soc - f.soc_min).clip(0) * f.ess_capacity_kwh * f.ess_eta_discharge
                                / (self.dt * hours_left))
             if c > ref * (1 + self.band):
                 p_ess = dis_room
@@ -150,24 +134,16 @@ class RuleBasedPolicy:
         else:
             p_ess = np.zeros_like(soc)
         # 4. trade closes the balance; the MT covers what the import limit cannot
-        deficit = load - pv - wt - p_mt - p_ess
-        extra_mt = np.clip(deficit - self.p_max, 0, None)
-        p_mt = np.minimum(p_mt + extra_mt, self.mt_max)
-        p_grid = np.clip(load - pv - wt - p_mt - p_ess, self.p_min, self.p_max)
+        p_mt = control.mt_cover_kw(f, p_mt, control.balance_trade_kw(seen, p_mt, p_ess), lower=False)
+        p_grid = np.clip(control.balance_trade_kw(seen, p_mt, p_ess), f.grid_p_min_kw, f.grid_p_max_kw)
         if c < 0:
-            p_grid = self.p_max.copy()
-        q_grid = np.clip(load * self.tan_phi, self.q_min, self.q_max)
+            p_grid = f.grid_p_max_kw.copy()
+        q_grid = np.clip(seen.q_load_kvar, f.grid_q_min_kvar, f.grid_q_max_kvar)
         return np.stack([p_mt, p_ess, p_grid, q_grid], axis=1)
-
-    def _to_actions(self, setp: np.ndarray) -> np.ndarray:
-        low = np.stack([self.mt_min, -self.ch_max, self.p_min, self.q_min], axis=1)
-        high = np.stack([self.mt_max, self.dis_max, self.p_max, self.q_max], axis=1)
-        span = np.where(high > low, high - low, 1.0)
-        return np.clip(2.0 * (setp - low) / span - 1.0, -1.0, 1.0).astype(np.float32)
 
     def __call__(self, observations: dict) -> dict:
         obs = np.stack([np.asarray(observations[a], float) for a in self.agents])
-        act = self._to_actions(self.setpoints(obs))
+        act = control.setpoints_to_actions(self.fleet, self.setpoints(obs))
         return {a: act[i] for i, a in enumerate(self.agents) if a in observations}
 
 

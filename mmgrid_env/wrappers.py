@@ -22,6 +22,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
+from . import control
+
 __all__ = ["DiscreteActions", "PAPER_ESS_LEVELS"]
 
 PAPER_ESS_LEVELS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 10).tolist())
@@ -108,11 +110,7 @@ class DiscreteActions(ParallelEnv):
         self.n_actions = self.mt_levels.size * self.ess_levels.size
         mt_f, ess_l = np.meshgrid(self.mt_levels, self.ess_levels, indexing="ij")
         self.levels = np.stack([mt_f.reshape(-1), ess_l.reshape(-1)], axis=1)
-        f = base.fleet
-        self._fleet, self._dt = f, float(base.config.dt_h)
-        self._price_scale = float(base.config.price_scale_eur_per_kwh)
-        self._pv_scale = np.where(f.pv_kwp > 0, f.pv_kwp, 1.0)
-        self._wt_scale = np.where(f.wt_kw > 0, f.wt_kw, 1.0)
+        self._fleet, self._dt = control.fleet_of(env), float(base.config.dt_h)
         self._index = {a: i for i, a in enumerate(env.possible_agents)}
         self._act_spaces = {a: spaces.Discrete(self.n_actions) for a in env.possible_agents}
         self._last_obs: dict[str, np.ndarray] = {}
@@ -187,49 +185,38 @@ class DiscreteActions(ParallelEnv):
         if unknown:
             raise ValueError(f"actions name unknown agent(s) {unknown}; agents are {self.possible_agents}")
         keys = [self._action_index(a, k) for a, k in actions.items()]  # all checked before any decoding
-        f, dt = self._fleet, self._dt
-        out = {}
-        for a, k in zip(actions, keys):
-            i = self._index[a]
-            o = np.asarray(observations[a], float)
-            pv, wt = o[0] * self._pv_scale[i], o[1] * self._wt_scale[i]
-            load, soc = o[2] * f.load_peak_kw[i], float(np.clip(o[4], 0.0, 1.0))
-            mt_frac, ess_level = self.levels[k]
-            if self.mt_merit_order:
-                price = float(o[3]) * self._price_scale
-                a2, b1 = f.mt_cost_a_eur_per_kw2h[i], f.mt_cost_b_eur_per_kwh[i]
-                p_opt = (price - b1) / (2.0 * a2) if a2 > 0 else (np.inf if price > b1 else -np.inf)
-                p_mt = float(np.clip(p_opt, f.mt_min_kw[i], f.mt_max_kw[i]))
-            else:
-                p_mt = f.mt_min_kw[i] + mt_frac * (f.mt_max_kw[i] - f.mt_min_kw[i])
-            p_ess = ess_level * (f.ess_discharge_max_kw[i] if ess_level > 0 else f.ess_charge_max_kw[i])
-            if self.ess_within_soc_limits:  # headroom to the soft limits; 1e-6 margin absorbs float32 SoC rounding
-                e = f.ess_capacity_kwh[i]
-                room_dis = max(0.0, soc - f.soc_min[i] - 1e-6) * e * f.ess_eta_discharge[i] / dt
-                room_cha = max(0.0, f.soc_max[i] - soc - 1e-6) * e / (f.ess_eta_charge[i] * dt)
-                p_ess = float(np.clip(p_ess, -room_cha, room_dis))
-            p_ess_bal = p_ess
-            if self.ess_feasible:  # same limits as devices.ess_step
-                e = f.ess_capacity_kwh[i]
-                max_dis = min(f.ess_discharge_max_kw[i], soc * e * f.ess_eta_discharge[i] / dt)
-                max_cha = min(f.ess_charge_max_kw[i], (1.0 - soc) * e / (f.ess_eta_charge[i] * dt))
-                p_ess_bal = float(np.clip(p_ess, -max_cha, max_dis))
-            p_grid = float(np.clip(load - pv - wt - p_mt - p_ess_bal, f.grid_p_min_kw[i], f.grid_p_max_kw[i]))
-            q_grid = float(np.clip(load * f.tan_phi[i], f.grid_q_min_kvar[i], f.grid_q_max_kvar[i]))
-            out[a] = np.array([p_mt, p_ess, p_grid, q_grid])
-        return out
+        agents = list(actions)
+        if not agents:
+            return {}
+        f = self._fleet.select([self._index[a] for a in agents])
+        seen = control.observe(self.config, np.stack([np.asarray(observations[a], float) for a in agents]), f)
+        mt_frac, ess_level = self.levels[keys, 0], self.levels[keys, 1]
+        if self.mt_merit_order:
+            p_mt = control.merit_order_mt_kw(f, seen.price_eur_per_kwh)
+        else:
+            p_mt = f.mt_min_kw + mt_frac * (f.mt_max_kw - f.mt_min_kw)
+        p_ess = ess_level * np.where(ess_level > 0, f.ess_discharge_max_kw, f.ess_charge_max_kw)
+        if self.ess_within_soc_limits:  # the shield: SoC_{t+1} inside the operational limits
+            max_cha, max_dis = control.ess_operational_limits_kw(f, seen.soc, self._dt)
+            p_ess = np.clip(p_ess, -max_cha, max_dis)
+        p_ess_bal = p_ess
+        if self.ess_feasible:  # the power the battery can deliver / absorb at its SoC (the env's rule)
+            max_cha, max_dis = control.ess_limits_kw(f, seen.soc, self._dt)
+            p_ess_bal = np.clip(p_ess, -max_cha, max_dis)
+        p_grid = np.clip(control.balance_trade_kw(seen, p_mt, p_ess_bal), f.grid_p_min_kw, f.grid_p_max_kw)
+        q_grid = np.clip(seen.q_load_kvar, f.grid_q_min_kvar, f.grid_q_max_kvar)
+        sp = np.stack([p_mt, p_ess, p_grid, q_grid], axis=1)
+        return {a: sp[j] for j, a in enumerate(agents)}
 
     def continuous_actions(self, observations: dict[str, np.ndarray], actions: dict[str, Any]
                            ) -> dict[str, np.ndarray]:
         """The env's continuous actions in [-1, 1]^4 for discrete ``actions`` at ``observations``."""
-        f = self._fleet
-        out = {}
-        for a, sp in self.setpoints(observations, actions).items():
-            i = self._index[a]
-            lo, hi = f.action_low[i], f.action_high[i]
-            span = np.where(hi > lo, hi - lo, 1.0)
-            out[a] = np.clip(2.0 * (sp - lo) / span - 1.0, -1.0, 1.0).astype(np.float32)
-        return out
+        sp = self.setpoints(observations, actions)
+        if not sp:
+            return {}
+        f = self._fleet.select([self._index[a] for a in sp])
+        act = control.setpoints_to_actions(f, np.stack(list(sp.values())))
+        return {a: act[j] for j, a in enumerate(sp)}
 
     # ------------------------------------------------------------------ API
     def reset(self, seed: int | None = None, options: dict | None = None):

@@ -44,8 +44,7 @@ def _perturb(module, seed):
 
 
 def _mappo_kind(env) -> Kind:
-    args = mappo.Args(env_preset="paper_extras", hidden=16, action_map="direct", soc_shield=False,
-                      mt_merit_order=False)
+    args = mappo.Args(env_preset="paper_extras", hidden=16, action_stages=())
     agent = mappo.MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4, args)
     _perturb(agent, 0)
     info = {"env_preset": "paper_extras", "reward_mode": "shared", "env_overrides": {},

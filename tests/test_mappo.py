@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 from mmgrid_baselines.mappo import (Args, MAPPOAgent, MAPPOPolicy, compute_gae, load_checkpoint,
                              policy_from_checkpoint, ppo_losses, save_checkpoint, train)
 from mmgrid_env import parallel_env
+from mmgrid_env.control import ActionChain
 
 
 # ---------------------------------------------------------------------------------------------------- GAE
@@ -131,23 +132,26 @@ def test_checkpoint_roundtrip_gives_identical_actions(tmp_path):
 
 
 def test_checkpoint_without_newer_fields_keeps_the_behaviour_it_was_trained_with(tmp_path):
-    """A checkpoint saved before ``action_map``/``soc_shield`` existed loads with the plain map and no shield (what
-    it was trained with), not with today's defaults (balance map + shield)."""
+    """A checkpoint saved before ``action_map``/``soc_shield`` (and later ``action_stages``) existed loads with the
+    plain map and no shield (what it was trained with), not with today's defaults (the four action stages)."""
     env = parallel_env("paper_extras")
-    args = Args(env_preset="paper_extras", hidden=16, action_map="direct", soc_shield=False, mt_merit_order=False)
+    args = Args(env_preset="paper_extras", hidden=16, action_stages=())
     agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4, args)
     info = {"env_preset": "paper_extras", "reward_mode": "shared", "env_overrides": {},
             "agents": list(env.possible_agents), "obs_dim": agent.obs_dim, "state_dim": agent.state_dim, "act_dim": 4}
     path = tmp_path / "old.pt"
     save_checkpoint(path, agent, args, info)
     payload = torch.load(path, weights_only=True)
-    for name in ("action_map", "soc_shield", "balance_residual", "balance_mt_cover", "mt_merit_order"):
+    for name in ("action_stages", "balance_residual"):
         del payload["args"][name]
     torch.save(payload, path)
-    assert Args().action_map == "balance" and Args().soc_shield  # today's defaults differ
+    assert Args().action_stages  # today's defaults differ
     pol, args2, _ = policy_from_checkpoint(path)
-    assert (args2.action_map, args2.soc_shield, args2.balance_residual, args2.balance_mt_cover,
-            args2.mt_merit_order) == ("direct", False, 0.25, False, False)
+    assert (args2.action_stages, args2.balance_residual) == ((), 0.25)
+    # a checkpoint of the five switches that preceded the stages keeps the stages they stand for
+    payload["args"].update(action_map="balance", soc_shield=True, balance_mt_cover=False, mt_merit_order=True)
+    torch.save(payload, path)
+    assert policy_from_checkpoint(path)[1].action_stages == ("merit_order_mt", "soc_shield", "balance")
     obs, _ = env.reset(seed=0, options={"split": "test"})
     ref = MAPPOPolicy(agent, env.possible_agents)(obs)  # the plain map
     out = pol(obs)
@@ -171,7 +175,7 @@ def test_short_training_improves_return_on_a_fixed_day():
     day = 0  # a training day: the run trains on this day only (Args.train_day)
     # the plain action map: what is learned here is the whole dispatch, not a correction of the balance
     args = Args(seed=1, env_preset="paper", train_day=day, total_episodes=320, num_envs=4, buffer_size=192,
-                actor_lr=3e-3, greedy_eval_every=0, action_map="direct", soc_shield=False, mt_merit_order=False)
+                actor_lr=3e-3, greedy_eval_every=0, action_stages=())
     torch.manual_seed(args.seed)
     env = parallel_env("paper")
     untrained = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], 4, 4, args)
@@ -216,13 +220,11 @@ def test_same_seed_same_run():
 
 
 def test_balance_action_map_closes_each_microgrid_balance():
-    """action_map="balance" with zero grid outputs: each microgrid's net injection is ~0 (float32 observations),
+    """The ``balance`` stage with zero grid outputs: each microgrid's net injection is ~0 (float32 observations),
     unless its trade limit binds; the MT/ESS outputs pass through unchanged; the grid output moves P_grid by
     residual · half the trade range."""
-    from mmgrid_baselines.mappo import BalanceActionMap
-
     env = parallel_env("paper_extras")
-    bmap = BalanceActionMap(env, residual=0.25)
+    bmap = ActionChain(env, ["balance"], residual=0.25)
     f = env.fleet
     rng = np.random.default_rng(3)
     obs, _ = env.reset(seed=0, options={"day": 9})
@@ -250,7 +252,7 @@ def test_balance_action_map_closes_each_microgrid_balance():
                 assert moved_kw == pytest.approx(0.5 * 0.25 * span / 2, rel=1e-4)
     assert n_checked > 48
     # the policy builds the same map from the env the harness binds
-    _assert_policy_builds_map(env, bmap, action_map="balance")
+    _assert_policy_builds_map(env, bmap, action_stages=["balance"])
 
 
 def _assert_policy_builds_map(env, expected_map, **policy_kwargs):
@@ -271,16 +273,14 @@ def _assert_policy_builds_map(env, expected_map, **policy_kwargs):
 
 
 def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
-    """mt_cover=True: a deficit beyond the import limit raises P_MT by the excess (within its range), a surplus
+    """The ``mt_cover`` stage: a deficit beyond the import limit raises P_MT by the excess (within its range), a surplus
     beyond the export limit lowers it; inside the limits nothing changes. Hand-computed from the fleet's ranges."""
-    from mmgrid_baselines.mappo import BalanceActionMap
-
     env = parallel_env("paper_day_ahead")
     f = env.fleet
     n = len(env.possible_agents)
     obs_dim = env.observation_space("mg_0").shape[0]
-    plain = BalanceActionMap(env, residual=0.25)
-    cover = BalanceActionMap(env, residual=0.25, mt_cover=True)
+    plain = ActionChain(env, ["balance"], residual=0.25)
+    cover = ActionChain(env, ["mt_cover", "balance"], residual=0.25)
 
     def setpoints(act):  # back from [-1, 1] to kW
         return f.action_low + (act.astype(np.float64) + 1.0) * 0.5 * (f.action_high - f.action_low)
@@ -314,25 +314,22 @@ def test_balance_mt_cover_moves_the_turbine_by_what_the_trade_cannot_carry():
     obs[:, 2], obs[:, 4] = 0.3, 0.5
     raw = np.zeros((n, 4), np.float32)
     np.testing.assert_array_equal(cover(obs, raw), plain(obs, raw))
-    # the default Args build exactly this map (with the SoC shield); the flag turns the cover off
+    # the default Args build the chain with the cover (and the merit order and the SoC shield)
     from mmgrid_baselines.mappo import make_action_map
 
-    default = make_action_map(Args(), env)
-    assert default.balance and default.soc_shield and default.mt_cover and default.mt_merit_order
-    assert not make_action_map(Args(balance_mt_cover=False), env).mt_cover
+    assert make_action_map(Args(), env).stages == ("merit_order_mt", "soc_shield", "mt_cover", "balance")
 
 
 def test_mt_merit_order_runs_the_turbine_at_the_price_optimal_set_point():
-    """mt_merit_order=True: P_MT = clip((c − b)/(2a), MT range) of the observed price, whatever the actor's MT
+    """The ``merit_order_mt`` stage: P_MT = clip((c − b)/(2a), MT range) of the observed price, whatever the actor's MT
     output; the policy needs the env's data (bind_env) and builds the same map."""
-    from mmgrid_baselines.mappo import BalanceActionMap, make_action_map
+    from mmgrid_baselines.mappo import make_action_map
 
     env = parallel_env("paper_day_ahead")
     f = env.fleet
-    assert Args().mt_merit_order and not Args.from_preset("paper").mt_merit_order
+    assert "merit_order_mt" in Args().action_stages and not Args.from_preset("paper").action_stages
     m = make_action_map(Args(), env)
-    assert isinstance(m, BalanceActionMap) and m.mt_merit_order and m.mt_cover
-    merit = BalanceActionMap(env, residual=0.25, mt_merit_order=True)  # without the cover: the formula exactly
+    merit = ActionChain(env, ["merit_order_mt", "balance"], residual=0.25)  # without the cover: the formula exactly
     rng = np.random.default_rng(0)
     obs, _ = env.reset(options={"day": 9})
     n_mid = 0
@@ -346,22 +343,18 @@ def test_mt_merit_order_runs_the_turbine_at_the_price_optimal_set_point():
         n_mid += int(np.sum((want > f.mt_min_kw + 1) & (want < f.mt_max_kw - 1)))
         obs, *_ = env.step({a: act[i] for i, a in enumerate(env.possible_agents)})
     assert n_mid > 0  # some hours between the MT's limits: the formula itself was checked, not only its clip
-    _assert_policy_builds_map(env, m, action_map="balance", soc_shield=True, mt_cover=True, mt_merit_order=True)
+    _assert_policy_builds_map(env, m, action_stages=Args().action_stages)
 
 
 def test_soc_shield_keeps_soc_inside_operational_limits():
-    """soc_shield=True (direct map): random actor outputs over whole days never take the SoC outside
+    """The ``soc_shield`` stage alone: random actor outputs over whole days never take the SoC outside
     [soc_min, soc_max]; MT and trade outputs pass through; unshielded, the same outputs leave the limits."""
-    from mmgrid_baselines.mappo import BalanceActionMap, make_action_map
+    from mmgrid_baselines.mappo import make_action_map
 
     env = parallel_env("paper_extras")
     f = env.fleet
-    assert not isinstance(make_action_map(Args(action_map="direct", soc_shield=False, mt_merit_order=False), env),
-                          BalanceActionMap)
-    default = make_action_map(Args(), env)  # the default: balance-centred trade with the shield
-    assert isinstance(default, BalanceActionMap) and default.balance and default.soc_shield
-    shield = make_action_map(Args(action_map="direct", soc_shield=True, mt_merit_order=False), env)
-    assert isinstance(shield, BalanceActionMap) and not shield.balance
+    assert make_action_map(Args(action_stages=()), env).stages == ()
+    shield = make_action_map(Args(action_stages=("soc_shield",)), env)
     rng = np.random.default_rng(5)
     raws = rng.uniform(-1, 1, (4, 24, 4, 4)).astype(np.float32)
     raws[..., 1] = np.sign(raws[..., 1])  # full charge/discharge: reaches the limits within the day

@@ -1,0 +1,123 @@
+"""The public control layer (mmgrid_env.control): each function against the env itself or a hand computation, and
+the three controllers (rule-based policy, DiscreteActions, the learners' ActionChain) sharing its rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mmgrid_env import DiscreteActions, RuleBasedPolicy, control, parallel_env
+
+
+def test_observation_columns_name_what_the_env_observes():
+    env = parallel_env("paper_day_ahead", obs_q_load=True)
+    col = control.observation_columns(env)
+    assert list(col)[:6] == ["pv", "wt", "load", "price", "soc", "q_load"]
+    assert col["price_ahead_11"] == 16 and col["hour_cos"] == 18 == env.observation_space("mg_0").shape[0] - 1
+    obs, infos = env.reset(seed=0, options={"day": 40})
+    env.step({a: np.zeros(4, np.float32) for a in env.agents})
+    obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.agents})
+    seen = control.observe(env, obs)
+    hour_infos = env.step({a: np.zeros(4, np.float32) for a in env.agents})[4]  # this hour's data, in infos
+    for i, a in enumerate(env.possible_agents):
+        d = hour_infos[a]
+        assert seen.pv_kw[i] == pytest.approx(d["p_pv_kw"], abs=1e-3)
+        assert seen.wt_kw[i] == pytest.approx(d["p_wt_kw"], abs=1e-3)
+        assert seen.load_kw[i] == pytest.approx(d["p_load_kw"], abs=1e-3)
+        assert seen.q_load_kvar[i] == pytest.approx(d["q_load_kvar"], abs=1e-3)
+        assert seen.price_eur_per_kwh[i] == pytest.approx(d["price_eur_per_kwh"], abs=1e-6)
+    price = env.dataset.price_eur_per_kwh[40]
+    np.testing.assert_allclose(seen.price_ahead_eur_per_kwh[0], price[3:14], atol=1e-6)  # hours 3..13 after hour 2
+
+
+def test_merit_order_set_point_by_hand():
+    fleet = control.fleet_of("paper")  # a = 1e-4 €/kW²h; b = 0.085, 0.095, 0.08, 0.09 €/kWh
+    p = control.merit_order_mt_kw(fleet, 0.1)
+    np.testing.assert_allclose(p, [(0.1 - 0.085) / 2e-4, (0.1 - 0.095) / 2e-4, (0.1 - 0.08) / 2e-4, (0.1 - 0.09) / 2e-4])
+    np.testing.assert_array_equal(control.merit_order_mt_kw(fleet, -0.05), fleet.mt_min_kw)
+    import dataclasses
+
+    linear = dataclasses.replace(fleet, mt_cost_a_eur_per_kw2h=np.zeros(4))  # a = 0: all or nothing at c = b
+    np.testing.assert_array_equal(control.merit_order_mt_kw(linear, 0.09), [120.0, 0.0, 200.0, 0.0])
+
+
+def test_ess_limits_are_the_envs_own_clip():
+    """The env clips a request beyond ess_limits_kw to exactly that limit (its own rule)."""
+    env = parallel_env()
+    fleet = control.fleet_of(env)
+    for soc0 in (0.02, 0.5, 0.97):
+        env.reset(seed=0, options={"day": 3, "soc": [soc0] * 4})
+        max_cha, max_dis = control.ess_limits_kw(fleet, np.full(4, soc0))
+        for sign, limit in ((1.0, max_dis), (-1.0, -max_cha)):
+            env.reset(seed=0, options={"day": 3, "soc": [soc0] * 4})
+            act = control.to_actions(env, fleet, np.stack([fleet.mt_min_kw, sign * 1e4 * np.ones(4), np.zeros(4),
+                                                           np.zeros(4)], axis=1))
+            infos = env.step(act)[4]
+            np.testing.assert_allclose([infos[a]["p_ess_kw"] for a in env.possible_agents], limit, rtol=1e-12)
+
+
+def test_operational_limits_keep_soc_inside_the_band():
+    env = parallel_env()
+    fleet = control.fleet_of(env)
+    for soc0 in (0.1, 0.12, 0.5, 0.88, 0.9):
+        for sign in (1.0, -1.0):
+            env.reset(seed=0, options={"day": 3, "soc": [soc0] * 4})
+            max_cha, max_dis = control.ess_operational_limits_kw(fleet, np.full(4, soc0))
+            p_ess = max_dis if sign > 0 else -max_cha
+            act = control.to_actions(env, fleet, np.stack([fleet.mt_min_kw, p_ess, np.zeros(4), np.zeros(4)], axis=1))
+            infos = env.step(act)[4]
+            soc = np.array([infos[a]["soc"] for a in env.possible_agents])
+            assert np.all(soc >= fleet.soc_min - 1e-6) and np.all(soc <= fleet.soc_max + 1e-6)
+            assert all(infos[a]["soc_violation"] <= 1e-6 for a in env.possible_agents)
+
+
+def test_balance_trade_closes_each_microgrid_balance():
+    env = parallel_env()
+    fleet = control.fleet_of(env)
+    obs, _ = env.reset(seed=0, options={"day": 100})
+    rng = np.random.default_rng(0)
+    while env.agents:
+        seen = control.observe(env, obs)
+        p_mt = rng.uniform(fleet.mt_min_kw, fleet.mt_max_kw)
+        max_cha, max_dis = control.ess_limits_kw(fleet, seen.soc)
+        p_ess = rng.uniform(-max_cha, max_dis)
+        p_grid = control.balance_trade_kw(seen, p_mt, p_ess)
+        inside = (p_grid > fleet.grid_p_min_kw) & (p_grid < fleet.grid_p_max_kw)
+        obs, _, _, _, infos = env.step(control.to_actions(env, fleet, [p_mt, p_ess, p_grid, seen.q_load_kvar]))
+        p_net = np.array([infos[a]["p_net_kw"] for a in env.possible_agents])
+        assert np.all(np.abs(p_net[inside]) < 0.05)  # float32 observations and actions
+
+
+def test_the_three_controllers_share_one_merit_order_rule():
+    """Rule-based policy, DiscreteActions(mt_levels="merit_order") and the chain's merit_order_mt stage give the
+    same MT set-point at the same observation: one rule, three compositions."""
+    env = parallel_env("paper_day_ahead")
+    fleet = control.fleet_of(env)
+    obs, _ = env.reset(seed=0, options={"day": 120})
+    o = np.stack([obs[a] for a in env.possible_agents])
+    want = control.merit_order_mt_kw(fleet, control.observe(env, o).price_eur_per_kwh)
+    rule = RuleBasedPolicy(env).setpoints(o)[:, 0]
+    wrapped = DiscreteActions(env, mt_levels="merit_order")
+    disc = np.array([wrapped.setpoints(obs, {a: 0})[a][0] for a in env.possible_agents])
+    chain = control.ActionChain(env, ["merit_order_mt"]).setpoints(o, np.zeros((4, 4)))[:, 0]
+    rule_mt = np.minimum(want, fleet.mt_max_kw)  # the rule-based MT may be raised further by its cover only
+    np.testing.assert_array_equal(disc, want)
+    np.testing.assert_array_equal(chain, want)
+    assert np.all(rule >= rule_mt)
+
+
+def test_action_chain_checks_its_stages_and_round_trips_its_spec():
+    env = parallel_env()
+    with pytest.raises(ValueError, match="unknown action stage"):
+        control.ActionChain(env, ["balance", "teleport"])
+    with pytest.raises(ValueError, match="'mt_cover' needs 'balance'"):
+        control.ActionChain(env, ["mt_cover"])
+    chain = control.ActionChain(env, ["soc_shield", "balance"], residual=0.5)
+    again = control.ActionChain(env, **chain.spec)
+    obs, _ = env.reset(seed=0)
+    o = np.stack([obs[a] for a in env.possible_agents])
+    a = np.random.default_rng(1).uniform(-1, 1, (4, 4))
+    np.testing.assert_array_equal(chain(o, a), again(o, a))
+    np.testing.assert_array_equal(control.ActionChain(env, ())(o, 3 * a), np.clip(3 * a, -1, 1))
+    with pytest.raises(TypeError, match="mmgrid_env environment"):
+        control.fleet_of(object())
