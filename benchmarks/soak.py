@@ -56,6 +56,7 @@ def main(argv=None):
     env = make_env(args.placement, args.aggregation)
     agents = env.possible_agents
     counts = {0: 0, 1: 0, 2: 0}
+    repairs = {-1: 0, 0: 0, 1: 0}
     gaps, residuals = [], []
     steps, episodes, exceptions = 0, 0, 0
     rss_after_warmup = None
@@ -80,6 +81,7 @@ def main(argv=None):
                 break
             info = infos[agents[0]]
             counts[int(info["opf_status"])] += 1
+            repairs[int(info["opf_exactness_repair"])] += 1
             gaps.append(info["relaxation_gap_pu"])
             # network balance: what the microgrids inject after the OPF is what the lines lose
             inj = sum(infos[a]["p_net_kw"] + infos[a]["delta_p_kw"] - infos[a]["curtailment_kw"]
@@ -99,6 +101,7 @@ def main(argv=None):
     print(f"{'OPF optimal (primary solver)':<44}{counts[0]}")
     print(f"{'fallback solver':<44}{counts[1]}  ({counts[1] / steps:.4%})")
     print(f"{'safe dispatch':<44}{counts[2]}  ({counts[2] / steps:.4%})")
+    print(f"{'exactness repairs (helped / did not)':<44}{repairs[1]} / {repairs[-1]}")
     for label, values, bound, unit in (("relaxation gap", gaps, GAP_BOUND_PU, "p.u."),
                                        ("balance residual", residuals, BALANCE_BOUND_KW, "kW")):
         print(f"{label + ' <= ' + f'{bound:.0e} ' + unit:<44}{np.mean(values <= bound):.4%} of steps")

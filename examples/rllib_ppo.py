@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-ENV_NAME = "mmgrid_v0"
+ENV_NAME = "mmgrid_v1"
 POLICY = "shared"
 
 

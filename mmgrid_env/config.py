@@ -82,7 +82,10 @@ class OPFConfig:
     balancing_kappa: float = 0.2
     """Imbalance mark-up κ: π⁺ = c + κ|c| (c ≥ 0) or κ|c| (c < 0); π⁻ = c − κ|c|."""
     loss_price_floor_eur_per_kwh: float = 0.02
-    """Loss weight w_t = max(c_t, floor); keeps fictitious losses from ever being the cheapest outlet."""
+    """Loss weight w_t = max(c_t, floor, margin − π⁻_t); keeps fictitious losses from ever being the cheapest
+    outlet."""
+    loss_price_margin_eur_per_kwh: float = 0.005
+    """How much more a kWh lost costs than a kWh exported at a negative price (w_t ≥ margin − π⁻_t)."""
     reactive_cost_rel: float = 0.01
     reactive_cost_abs_eur_per_kvarh: float = 1e-4
     """c_q = reactive_cost_rel·|c_t| + reactive_cost_abs (€/kVArh) for |ΔQ|."""
@@ -164,37 +167,47 @@ def _check_int(where: str, v: Any, lo: int | None = None, hi: int | None = None)
     _check(hi is None or v <= hi, f"{where} must be <= {hi}, got {v!r}")
 
 
+# Upper bounds: far beyond any microgrid on a distribution feeder, and within what the solver's numerics (and
+# float arithmetic: v² of 1e155 overflows) survive. A value beyond one is a unit mistake, not a design.
+MAX_POWER_KW = 1e5
+"""100 MW: no microgrid rating, trade limit or capacity (kW, kWp, kVar, kWh) may exceed this."""
+MAX_PRICE_EUR_PER_KWH = 1e3
+"""No €/kWh cost coefficient may exceed this (VOLL: 1e4)."""
+
 # Per MicrogridConfig field: (lower bound, strict?, upper bound, why). Every field is also checked finite.
+_P, _C = MAX_POWER_KW, MAX_PRICE_EUR_PER_KWH
 _MICROGRID_RULES: dict[str, tuple] = {
-    "pv_kwp": (0.0, False, None, ""), "wt_kw": (0.0, False, None, ""),
-    "load_peak_kw": (0.0, True, None, " (a positive capacity)"),
+    "pv_kwp": (0.0, False, _P, ""), "wt_kw": (0.0, False, _P, ""),
+    "load_peak_kw": (0.0, True, _P, " (a positive capacity)"),
     "power_factor": (0.0, True, 1.0, " (a power factor in (0, 1])"),
-    "mt_min_kw": (0.0, False, None, ""), "mt_max_kw": (0.0, True, None, " (a positive capacity)"),
-    "mt_cost_a_eur_per_kw2h": (0.0, False, None, " (convex MT cost)"),
-    "mt_cost_b_eur_per_kwh": (0.0, False, None, " (a cost)"), "mt_cost_c_eur_per_h": (0.0, False, None, " (a cost)"),
-    "ess_capacity_kwh": (0.0, True, None, " (a positive capacity)"),
-    "ess_charge_max_kw": (0.0, True, None, " (a positive capacity)"),
-    "ess_discharge_max_kw": (0.0, True, None, " (a positive capacity)"),
+    "mt_min_kw": (0.0, False, _P, ""), "mt_max_kw": (0.0, True, _P, " (a positive capacity)"),
+    "mt_cost_a_eur_per_kw2h": (0.0, False, 1.0, " (convex MT cost)"),
+    "mt_cost_b_eur_per_kwh": (0.0, False, _C, " (a cost)"), "mt_cost_c_eur_per_h": (0.0, False, _C * _P, " (a cost)"),
+    "ess_capacity_kwh": (0.0, True, 10 * _P, " (a positive capacity)"),
+    "ess_charge_max_kw": (0.0, True, _P, " (a positive capacity)"),
+    "ess_discharge_max_kw": (0.0, True, _P, " (a positive capacity)"),
     "ess_eta_charge": (0.0, True, 1.0, " (an efficiency in (0, 1])"),
     "ess_eta_discharge": (0.0, True, 1.0, " (an efficiency in (0, 1])"),
-    "ess_cost_eur_per_kwh": (0.0, False, None, " (a cost)"),
+    "ess_cost_eur_per_kwh": (0.0, False, _C, " (a cost)"),
     "soc_min": (0.0, False, 1.0, ""), "soc_max": (0.0, False, 1.0, ""), "soc_init": (0.0, False, 1.0, ""),
-    "grid_p_min_kw": (None, False, None, ""), "grid_p_max_kw": (None, False, None, ""),
-    "grid_q_min_kvar": (None, False, None, ""), "grid_q_max_kvar": (None, False, None, ""),
+    "grid_p_min_kw": (-_P, False, _P, ""), "grid_p_max_kw": (-_P, False, _P, ""),
+    "grid_q_min_kvar": (-_P, False, _P, ""), "grid_q_max_kvar": (-_P, False, _P, ""),
 }
 
-# Per numeric OPFConfig field (None allowed where the field is optional): (lower bound, strict?, why)
+# Per numeric OPFConfig field (None allowed where the field is optional): (lower bound, strict?, upper bound, why)
 _OPF_RULES: dict[str, tuple] = {
-    "v_min_pu": (0.0, True, ""), "v_max_pu": (0.0, True, ""),
-    "current_limit_ka": (0.0, True, " (or None: no limit)"),
-    "balancing_kappa": (0.0, False, ""),
-    "loss_price_floor_eur_per_kwh": (0.0, True, " (losses must always cost something: docs/model.md)"),
-    "reactive_cost_rel": (0.0, False, ""), "reactive_cost_abs_eur_per_kvarh": (0.0, False, ""),
-    "reactive_slack_cost_factor": (1.0, False, " (reactive slack beyond the ΔQ limits may not be cheaper than ΔQ)"),
-    "voll_eur_per_kwh": (0.0, True, " (shedding load must cost, never earn)"),
-    "curtailment_cost_eur_per_kwh": (0.0, False, " (curtailing must not earn)"),
-    "voltage_penalty_eur_per_pu_h": (0.0, True, " (soft voltage limits need a positive penalty)"),
-    "solver_base_mva": (0.0, True, " (or None: automatic)"),
+    "v_min_pu": (0.5, False, 1.5, " (p.u.)"), "v_max_pu": (0.5, False, 1.5, " (p.u.)"),
+    "current_limit_ka": (0.0, True, 1e3, " (or None: no limit)"),
+    "balancing_kappa": (0.0, False, 10.0, ""),
+    "loss_price_floor_eur_per_kwh": (0.0, True, _C, " (losses must always cost something: docs/model.md)"),
+    "loss_price_margin_eur_per_kwh": (0.0, True, _C, " (losses must cost more than exporting: docs/model.md)"),
+    "reactive_cost_rel": (0.0, False, 10.0, ""), "reactive_cost_abs_eur_per_kvarh": (0.0, False, _C, ""),
+    "reactive_slack_cost_factor": (1.0, False, 1e3,
+                                   " (reactive slack beyond the ΔQ limits may not be cheaper than ΔQ)"),
+    "voll_eur_per_kwh": (0.0, True, 10 * _C, " (shedding load must cost, never earn)"),
+    "curtailment_cost_eur_per_kwh": (0.0, False, _C, " (curtailing must not earn)"),
+    "voltage_penalty_eur_per_pu_h": (0.0, True, 1e9, " (soft voltage limits need a positive penalty)"),
+    "solver_base_mva": (1e-3, False, 1e3, " (or None: automatic)"),
 }
 _OPF_OPTIONAL = ("current_limit_ka", "solver_base_mva")
 
@@ -231,11 +244,11 @@ def validate_config(cfg: EnvConfig) -> None:
            f"opf.topology={o.topology!r}: only 'reduced' is implemented (the full 33-bus network is planned)")
     _check(o.impedance_aggregation in ("mean", "sum"),
            f"opf.impedance_aggregation must be 'mean' or 'sum', got {o.impedance_aggregation!r}")
-    for name, (lo, strict, why) in _OPF_RULES.items():
+    for name, (lo, strict, hi, why) in _OPF_RULES.items():
         v = getattr(o, name)
         if v is None and name in _OPF_OPTIONAL:
             continue
-        _check_number(f"opf.{name}", v, lo=lo, lo_open=strict, what=why)
+        _check_number(f"opf.{name}", v, lo=lo, hi=hi, lo_open=strict, what=why)
     _check(o.v_min_pu < o.v_max_pu, f"opf: need 0 < v_min_pu < v_max_pu, got {o.v_min_pu}, {o.v_max_pu}")
     _check(o.solver in ("clarabel", "ecos"), f"opf.solver must be 'clarabel' or 'ecos', got {o.solver!r}")
     _check(o.fallback_solver in ("clarabel", "ecos", "none"),
@@ -245,10 +258,10 @@ def validate_config(cfg: EnvConfig) -> None:
     _check_number("dt_h", cfg.dt_h, lo=0.0, lo_open=True)
     _check(cfg.dt_h == 1.0, f"dt_h={cfg.dt_h!r}: the data are hourly and an episode is 24 steps of one hour, so "
                             f"dt_h must be 1.0 (other step lengths are not supported)")
-    _check_number("alpha", cfg.alpha, lo=0.0, what=" (the weight of the € cost in the reward)")
-    _check_number("beta", cfg.beta, lo=0.0, what=" (the weight of the SoC penalty in the reward)")
+    _check_number("alpha", cfg.alpha, lo=0.0, hi=1e6, what=" (the weight of the € cost in the reward)")
+    _check_number("beta", cfg.beta, lo=0.0, hi=1e6, what=" (the weight of the SoC penalty in the reward)")
     _check_number("export_discount", cfg.export_discount, lo=0.0, hi=1.0)
-    _check_number("price_scale_eur_per_kwh", cfg.price_scale_eur_per_kwh, lo=0.0, lo_open=True)
+    _check_number("price_scale_eur_per_kwh", cfg.price_scale_eur_per_kwh, lo=1e-6, hi=_C)
     for name in ("obs_hour", "obs_q_load"):
         _check(isinstance(getattr(cfg, name), bool), f"{name} must be True or False, got {getattr(cfg, name)!r}")
     _check(isinstance(cfg.obs_price_forecast, numbers.Integral) and 0 <= int(cfg.obs_price_forecast) <= 23,

@@ -1,4 +1,4 @@
-"""The multi-microgrid PettingZoo ``ParallelEnv`` (``mmgrid_v0``)."""
+"""The multi-microgrid PettingZoo ``ParallelEnv`` (``mmgrid_v1``)."""
 
 from __future__ import annotations
 
@@ -46,10 +46,12 @@ class _StepRecord:
 
 SYSTEM_INFO_KEYS = (
     "hour", "day", "cost_upper_eur", "loss_kw", "loss_cost_eur", "voltage_penalty_eur", "cost_total_eur",
-    "team_reward", "relaxation_gap_pu", "opf_status",
+    "team_reward", "relaxation_gap_pu", "opf_status", "opf_exactness_repair",
 )
 """System-wide keys, the same in every agent's info. ``cost_total_eur`` = Σ lower-layer € + upper-layer €;
-``opf_status``: 0 optimal, 1 fallback solver, 2 safe dispatch (see :mod:`mmgrid_env.opf`). Infos hold only
+``opf_status``: 0 optimal, 1 fallback solver, 2 safe dispatch (see :mod:`mmgrid_env.opf`);
+``opf_exactness_repair``: 1 when the step was re-solved with losses priced above VOLL because its relaxation gap
+exceeded 1e-6 p.u. (a surplus that only spill could absorb), −1 when that did not help, else 0. Infos hold only
 deterministic numbers (same seed and actions → same infos): solve times are in ``env.last_step["opf"]``."""
 
 
@@ -137,12 +139,16 @@ class MultiMicrogridEnv(ParallelEnv):
     * v0: initial release (SOCP OPF on the reduced ``case33bw`` network, SMARD Luxembourg 2024 data).
     * v0, package 0.2.0: ``obs_price_forecast`` takes a number of hours (``True`` still means one); new preset
       ``"paper_day_ahead"``. Existing presets and their observations are unchanged.
-    * v0, package 0.3.0: every input checked (config fields, reset options, actions, data, OPF inputs; clear
-      errors naming the field), observations owned by the caller, bit-identical replays, the env pickles;
-      ``dt_h`` other than 1 is refused (it was accepted and silently wrong). Same numbers for every valid input.
+    * v1, package 0.3.0: **only generation can be curtailed**: curtailment ≤ P_PV + P_WT of the microgrid; a
+      surplus beyond it and the export headroom is **spilled** at VOLL (``info["spill_kw"]``). Before, at negative prices
+      a microgrid could buy at its trade limit and have the purchase "curtailed" for free: a money pump. This
+      changes the numbers of every preset (docs/results.md gives old → new). Also: every input checked (config
+      fields, reset options, actions, data, OPF inputs; clear errors naming the field), observations owned by the
+      caller, bit-identical replays, the env pickles; ``dt_h`` other than 1 is refused (it was accepted and
+      silently wrong).
     """
 
-    metadata = {"name": "mmgrid_v0", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,
+    metadata = {"name": "mmgrid_v1", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,
                 "render_fps": 1}
 
     def __init__(self, config: EnvConfig | str | None = None, render_mode: str | None = None, **overrides: Any):
@@ -369,7 +375,7 @@ class MultiMicrogridEnv(ParallelEnv):
                  for prm, soc, a, (pv, wt, load, q_load) in zip(self._mg_params, self._soc_list, act, exo)]
         p_net = [r.p_net_kw for r in lower]
         opf: OPFResult = self.opf.solve(p_net, [r.q_net_kvar for r in lower], price, [r.p_grid_kw for r in lower],
-                                        [r.q_grid_kvar for r in lower])
+                                        [r.q_grid_kvar for r in lower], [ex[0] + ex[1] for ex in exo])
         alpha, beta = cfg.alpha, cfg.beta
         cost_lower = [r.cost_lower_eur for r in lower]
         r_lower = [-(alpha * c + beta * r.soc_violation) for c, r in zip(cost_lower, lower)]
@@ -393,6 +399,7 @@ class MultiMicrogridEnv(ParallelEnv):
             "loss_cost_eur": opf.loss_cost_eur, "voltage_penalty_eur": opf.voltage_penalty_eur,
             "cost_total_eur": math.fsum(cost_lower) + cost_upper, "team_reward": team,
             "relaxation_gap_pu": opf.relaxation_gap_pu, "opf_status": float(opf.status_code),
+            "opf_exactness_repair": float(opf.exactness_repair),
         }
         agents = self.possible_agents
         own = self._obs.copy()  # the caller's arrays: writing into them must not reach state()
@@ -458,13 +465,13 @@ class MultiMicrogridEnv(ParallelEnv):
             import matplotlib.pyplot as plt
 
             if getattr(self, "_figure", None) is None or not plt.fignum_exists(self._figure.number):
-                self._figure = plt.figure("mmgrid_v0")
+                self._figure = plt.figure(self.metadata["name"])
             self._figure.clf()
             self._figure.figimage(frame)
             plt.pause(1.0 / self.metadata["render_fps"])
             return None
         if self.last_step is None:
-            return f"mmgrid_v0 day {self._day} hour {self._t}: no step yet"
+            return f"{self.metadata['name']} day {self._day} hour {self._t}: no step yet"
         rows, sysd = self.last_step["rows"], self.last_step["system"]
         k = self._agent_key_index
         cols = ("p_pv_kw", "p_wt_kw", "p_load_kw", "p_mt_kw", "p_ess_kw", "p_grid_kw", "p_net_kw", "delta_p_kw",

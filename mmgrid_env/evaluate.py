@@ -40,6 +40,7 @@ Command line (also the console script ``mmgrid-evaluate``)::
 ``soc_penalty_eur``         β·Σ cons(SoC_{t+1})
 ``curtailment_kwh``         energy curtailed by the OPF (Σ microgrids)
 ``shedding_kwh``            load shed by the OPF (Σ microgrids)
+``spill_kwh``               surplus spilled at VOLL: beyond curtailment (generation only) and export headroom
 ``soc_violation_rate``      share of agent-steps whose SoC_{t+1} lies outside [soc_min, soc_max]
 ``relaxation_gap_mean_pu``  mean over steps of the OPF's relaxation gap (p.u.); ``..._max_pu`` the max
 ``opf_fallback_steps``      steps where the OPF needed its fallback solver or safe dispatch (status ≠ 0)
@@ -78,7 +79,7 @@ __all__ = ["evaluate", "EvaluationResult", "compare_table", "run_day", "ROW_COLU
 ROW_COLUMNS = (
     "day", "date", "objective_eur", "cost_eur", "cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_upper_eur",
     "loss_cost_eur", "balancing_eur", "voltage_penalty_eur", "soc_penalty_eur", "curtailment_kwh", "shedding_kwh",
-    "soc_violation_rate", "relaxation_gap_mean_pu", "relaxation_gap_max_pu", "opf_fallback_steps", "team_return",
+    "spill_kwh", "soc_violation_rate", "relaxation_gap_mean_pu", "relaxation_gap_max_pu", "opf_fallback_steps", "team_return",
     "oracle_objective_eur", "oracle_cost_eur", "optimality_gap", "wall_s",
 )
 """Columns of a per-day row, in order (the oracle columns are NaN without ``oracle=True``)."""
@@ -197,6 +198,7 @@ class EvaluationResult:
                 "voltage_penalty_eur": float(np.sum(d["voltage_penalty_eur"])), "soc_penalty_eur": res.soc_penalty_eur,
                 "curtailment_kwh": float(np.sum(d["curtailment_kw"])) * config.dt_h,
                 "shedding_kwh": float(np.sum(d["shedding_kw"])) * config.dt_h,
+                "spill_kwh": float(np.sum(d["spill_kw"])) * config.dt_h,
                 "soc_violation_rate": float(np.mean(cons > SOC_VIOLATION_TOL)),
                 "relaxation_gap_mean_pu": float(np.mean(d["relaxation_gap_pu"])),
                 "relaxation_gap_max_pu": float(np.max(d["relaxation_gap_pu"])), "opf_fallback_steps": 0,
@@ -273,7 +275,7 @@ def run_day(env: MultiMicrogridEnv, policy: Policy, day: int, seed: int | None =
     a0 = agents[0]
     acc = dict.fromkeys(("cost_eur", "cost_upper_eur", "loss_cost_eur", "voltage_penalty_eur", "team_return"), 0.0)
     per_agent = {key: 0.0 for key in ("cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_balancing_eur",
-                                      "curtailment_kw", "shedding_kw", "soc_violation")}
+                                      "curtailment_kw", "shedding_kw", "spill_kw", "soc_violation")}
     n_viol, n_agent_steps, gaps, fallback = 0, 0, [], 0
     steps = []
     while env.agents:
@@ -304,6 +306,7 @@ def run_day(env: MultiMicrogridEnv, policy: Policy, day: int, seed: int | None =
         "balancing_eur": per_agent["cost_balancing_eur"], "voltage_penalty_eur": acc["voltage_penalty_eur"],
         "soc_penalty_eur": cfg.beta * per_agent["soc_violation"],
         "curtailment_kwh": per_agent["curtailment_kw"] * cfg.dt_h, "shedding_kwh": per_agent["shedding_kw"] * cfg.dt_h,
+        "spill_kwh": per_agent["spill_kw"] * cfg.dt_h,
         "soc_violation_rate": n_viol / max(n_agent_steps, 1),
         "relaxation_gap_mean_pu": float(np.mean(gaps)) if gaps else 0.0,
         "relaxation_gap_max_pu": float(np.max(gaps)) if gaps else 0.0, "opf_fallback_steps": fallback,

@@ -62,13 +62,19 @@ def step_prices(price_eur_per_kwh: float, cfg: OPFConfig) -> tuple[float, float,
     reactive cost and the reactive slack's cost ``reactive_slack_cost_factor · c_q`` (€/kWh, €/kVArh)."""
     pi_up, pi_dn = balancing_prices(price_eur_per_kwh, cfg.balancing_kappa)
     c_q = reactive_cost(price_eur_per_kwh, cfg)
-    return pi_up, pi_dn, loss_weight(price_eur_per_kwh, cfg.loss_price_floor_eur_per_kwh), c_q, \
-        cfg.reactive_slack_cost_factor * c_q
+    w = loss_weight(price_eur_per_kwh, cfg.loss_price_floor_eur_per_kwh, pi_dn, cfg.loss_price_margin_eur_per_kwh)
+    return pi_up, pi_dn, w, c_q, cfg.reactive_slack_cost_factor * c_q
 
 
-def loss_weight(price_eur_per_kwh: float, floor_eur_per_kwh: float) -> float:
-    """w_t = max(c_t, floor): losses always cost something, so they are never the cheapest outlet."""
-    return max(float(price_eur_per_kwh), floor_eur_per_kwh)
+def loss_weight(price_eur_per_kwh: float, floor_eur_per_kwh: float, pi_dn_eur_per_kwh: float | None = None,
+                margin_eur_per_kwh: float = 0.0) -> float:
+    """w_t = max(c_t, floor, margin − π⁻_t): losses always cost something, and more than exporting a kWh costs
+    (−π⁻ > 0 when c < 0), so burning energy in fictitious losses is never cheaper than selling it — neither for a
+    surplus in the hour nor for energy bought at a negative price (docs/model.md, "The rule behind the prices")."""
+    w = max(float(price_eur_per_kwh), floor_eur_per_kwh)
+    if pi_dn_eur_per_kwh is not None:
+        w = max(w, margin_eur_per_kwh - pi_dn_eur_per_kwh)
+    return w
 
 
 def reactive_cost(price_eur_per_kwh: float, cfg: OPFConfig) -> float:
@@ -79,13 +85,17 @@ def reactive_cost(price_eur_per_kwh: float, cfg: OPFConfig) -> float:
 class MicrogridBalance(NamedTuple):
     """What the OPF decided at each microgrid, one list of floats per field (one entry per microgrid). Each field
     is the ``infos[agent]`` key of the same name: balancing cost €, ΔP kW (+ buys), ΔQ kVar (+ imports),
-    curtailment kW, shedding kW, reactive slack kVar (+ supplied), voltage p.u. at the microgrid's node."""
+    curtailment kW, shedding kW, spill kW, reactive slack kVar (+ supplied), voltage p.u. at the microgrid's
+    node."""
 
     cost_balancing_eur: list
     delta_p_kw: list
     delta_q_kvar: list
     curtailment_kw: list
     shedding_kw: list
+    spill_kw: list
+    """Surplus that neither curtailment (of the microgrid's own generation only) nor its export headroom could
+    absorb, priced at VOLL."""
     q_slack_kvar: list
     v_pu: list
 
@@ -117,10 +127,13 @@ class OPFResult:
     iterations: int = 0
     errors: list = field(default_factory=list)
     """Messages of the solvers that failed before the answer (empty on a normal step)."""
-    mg_lists: MicrogridBalance = field(default=MicrogridBalance(*((),) * 7), repr=False, compare=False)
+    mg_lists: MicrogridBalance = field(default=MicrogridBalance(*((),) * 8), repr=False, compare=False)
     """Per microgrid, by name, as lists of floats — the source of the per-microgrid arrays."""
     network_lists: tuple = field(default=((), (), (), (), 1.0, 1.0), repr=False, compare=False)
     """(v, l, P, Q) in the solver's per unit, then its power base (kW) and current base (kA)."""
+    exactness_repair: int = 0
+    """1: the first answer's relaxation gap exceeded ``ConicOPF.exactness_tol_pu`` and a re-solve with losses priced
+    above VOLL gave this (exact) answer; −1: tried, not better; 0: not needed."""
 
     @cached_property
     def mg_balancing_cost_eur(self) -> np.ndarray:
@@ -144,6 +157,11 @@ class OPFResult:
     @cached_property
     def shedding_kw(self) -> np.ndarray:
         return np.array(self.mg_lists.shedding_kw)
+
+    @cached_property
+    def spill_kw(self) -> np.ndarray:
+        """Surplus beyond curtailment (generation only) and export headroom (kW, priced at VOLL)."""
+        return np.array(self.mg_lists.spill_kw)
 
     @cached_property
     def q_slack_kvar(self) -> np.ndarray:
@@ -307,10 +325,11 @@ class ConicOPF:
         frm, to = network.edge_from, network.edge_to  # edge e: frm[e] -> to[e] (= e + 1), the root is node 0
         mg_node = [int(j) for j in network.mg_node]
         mg_at = {j: m for m, j in enumerate(mg_node)}  # one microgrid per node at most (network.py)
-        # the step's data z (solver per unit), 8 blocks of M: p, q, the trade headroom left for ΔP⁺, ΔP⁻, ΔQ⁺, ΔQ⁻,
-        # the curtailment bound max(p, 0) and the shedding bound max(−p, 0)
+        # the step's data z (solver per unit), 9 blocks of M: p, q, the trade headroom left for ΔP⁺, ΔP⁻, ΔQ⁺, ΔQ⁻,
+        # the curtailment bound (the microgrid's renewable output), the shedding bound max(−p, 0) and the spill
+        # bound max(p, 0)
         Z = {name: [_Affine(z={k * M + m: 1.0}) for m in range(M)]
-             for k, name in enumerate(("p", "q", "hpu", "hpd", "hqu", "hqd", "hcur", "hshd"))}
+             for k, name in enumerate(("p", "q", "hpu", "hpd", "hqu", "hqd", "hcur", "hshd", "hspl"))}
         # --- variables
         self.ix: dict[str, list] = {}
         self._sl: dict[str, slice] = {}  # the same, as slices of x
@@ -327,10 +346,11 @@ class ConicOPF:
         V = [_Affine(c=1.0)] + new("v", n - 1)  # the root's voltage is the constant 1 p.u.
         L, Pf, Qf = new("l", E), new("P", E), new("Q", E)
         dpu, dpd = new("dpu", M), new("dpd", M)
-        Y = new("y", M)  # shedding − curtailment
+        CUR, SHD = new("cur", M), new("shd", M)  # curtailment of the microgrid's own generation, load shedding
         U = new("u", M)  # ΔQ + reactive slack
         T = new("t", M)  # epigraph of the reactive cost, in units of c_q
         SVH, SVL = [None] + new("svh", n - 1), [None] + new("svl", n - 1)
+        SPL = new("spill", M)  # surplus that neither curtailment (generation only) nor export headroom absorbs
         S = [_Affine(c=max(0.0, 1.0 - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - 1.0))]  # the root's violation
         S += [SVH[j] + SVL[j] for j in range(1, n)]
         self.n_var = n_var
@@ -346,7 +366,7 @@ class ConicOPF:
             if m is None:
                 rows_eq += [p_out, q_out]
                 continue
-            rows_eq.append(p_out - (Z["p"][m] + dpu[m] - dpd[m] + Y[m]))  # p + ΔP − curt + shed
+            rows_eq.append(p_out - (Z["p"][m] + dpu[m] - dpd[m] - CUR[m] + SHD[m] - SPL[m]))  # p + ΔP − c + s − spill
             rows_eq.append(q_out - (Z["q"][m] + U[m]))  # q + ΔQ + reactive slack
         # voltage drop (eq. 13)
         for e in range(E):
@@ -355,7 +375,8 @@ class ConicOPF:
         # inequalities (≤ 0)
         for m in range(M):
             rows_nn += [-dpu[m], dpu[m] - Z["hpu"][m], -dpd[m], dpd[m] - Z["hpd"][m]]  # eq. 17
-            rows_nn += [Y[m] - Z["hshd"][m], -Y[m] - Z["hcur"][m]]
+            rows_nn += [-CUR[m], CUR[m] - Z["hcur"][m], -SHD[m], SHD[m] - Z["hshd"][m], -SPL[m],
+                        SPL[m] - Z["hspl"][m]]
             rows_nn += [U[m] - T[m], -U[m] - T[m]]
             if k_qs > 1.0:
                 rows_nn += [k_qs * U[m] - T[m] - (k_qs - 1) * Z["hqu"][m],
@@ -386,24 +407,24 @@ class ConicOPF:
                     zr.append(k), zc.append(col), zv.append(-a)
             self.b_const[k] = -ex.c
         self.A = sp.csc_matrix((vals, (ri, ci)), shape=(self.m, n_var))
-        Bz = sp.csr_matrix((zv, (zr, zc)), shape=(self.m, 8 * M))
+        Bz = sp.csr_matrix((zv, (zr, zc)), shape=(self.m, 9 * M))
         self._b_rows = np.unique(zr)  # the rows that change with the step's data
         # --- objective: scaled to order one for the solver: € per (typical trade volume at 0.1 €/kWh)
         self.obj_scale_eur = trade_kw * 0.1 * self.dt_h
         self._q_unit = u = self.base_kw * self.dt_h / self.obj_scale_eur  # €/kWh → scaled cost per p.u.
-        # q = q_const + q_of_price @ [w, π⁺, −π⁻, c_q, y's cost per microgrid (VOLL or −c_curt)]; y's cost multiplies
-        # y's expression (itself or the balance it stands for: its constant part is left out, it shifts no optimum)
+        # q = q_const + q_of_price @ [w, π⁺, −π⁻, c_q]
         self.q_const = np.zeros(n_var)
         self.q_const[self.ix["svh"] + self.ix["svl"]] = cfg.voltage_penalty_eur_per_pu_h * self.dt_h / self.obj_scale_eur
-        self.q_of_price = np.zeros((n_var, 4 + M))
+        self.q_const[self.ix["cur"]] = cfg.curtailment_cost_eur_per_kwh * u
+        self.q_const[self.ix["shd"] + self.ix["spill"]] = cfg.voll_eur_per_kwh * u  # spill is priced like shedding
+        self.q_of_price = np.zeros((n_var, 4))
         self.q_of_price[self.ix["l"], 0] = self.r_pu * u
         self.q_of_price[self.ix["dpu"], 1] = u
         self.q_of_price[self.ix["dpd"], 2] = u
         self.q_of_price[self.ix["t"], 3] = u
-        for m in range(M):
-            for col, a in Y[m].x.items():
-                self.q_of_price[col, 4 + m] += a * u
         self._clarabel = None
+        self.exactness_tol_pu = 1e-6
+        """A step whose relaxation gap exceeds this (p.u. of the feeder's base) is re-solved once (exactness repair)."""
         self._chain = (cfg.solver,) + ((cfg.fallback_solver,) if cfg.fallback_solver not in ("none", cfg.solver) else ())
         self._init_step_maps(cfg, Bz, v_lo, v_hi, frm, mg_node)
 
@@ -416,39 +437,38 @@ class ConicOPF:
         q_const``, ``b_base + b_of_z @ z``): a dot product with a single nonzero term is that one product.
         """
         M = self.M
-        # z, 8 blocks of M (solver per unit): p, q, ΔP⁺ ≤ P_max − P_grid, ΔP⁻ ≤ P_grid − P_min, ΔQ⁺ ≤ Q_max − Q_grid,
-        # ΔQ⁻ ≤ Q_grid − Q_min, curtailment ≤ max(p, 0), shedding ≤ max(−p, 0); the bounds clipped at 0 (_update)
+        # z, 9 blocks of M (solver per unit): p, q, ΔP⁺ ≤ P_max − P_grid, ΔP⁻ ≤ P_grid − P_min, ΔQ⁺ ≤ Q_max − Q_grid,
+        # ΔQ⁻ ≤ Q_grid − Q_min, curtailment ≤ renewable output, shedding ≤ max(−p, 0), spill ≤ max(p, 0); the
+        # bounds clipped at 0 (_update)
         ub = 1.0 / self.base_kw
         self._ub = ub
         self._z_off = ([ub * a for a in self.grid_p_max_kw.tolist()], [ub * -a for a in self.grid_p_min_kw.tolist()],
                        [ub * a for a in self.grid_q_max_kvar.tolist()],
                        [ub * -a for a in self.grid_q_min_kvar.tolist()])
-        self._z = [0.0] * (8 * M)
+        self._z = [0.0] * (9 * M)
         # q: the entries that change are one price times a coefficient (l: r·w; ΔP⁺, ΔP⁻, t: one coefficient for
-        # all; y: its own cost per microgrid), between runs of constant ones
+        # all), between runs of constant ones
         q_const = self.q_const.tolist()
         changing = np.flatnonzero(np.any(self.q_of_price != 0.0, axis=1)).tolist()
-        groups = [[] for _ in range(4 + M)]  # per price: (index in q, coefficient)
+        groups = [[] for _ in range(4)]  # per price: (index in q, coefficient)
         for i in changing:
             (k,) = np.flatnonzero(self.q_of_price[i])  # one price per entry (asserted by the unpacking)
             if q_const[i] != 0.0:
                 raise AssertionError("an entry of q both constant and price-dependent")
             groups[int(k)].append((i, float(self.q_of_price[i, k])))
-        if any(len(g) != 1 for g in groups[4:]) or any(len({a for _, a in g}) > 1 for g in groups[1:4]):
-            raise AssertionError("q: one coefficient for ΔP⁺, ΔP⁻ and t, one entry of y per microgrid expected")
+        if any(len({a for _, a in g}) > 1 for g in groups[1:4]):
+            raise AssertionError("q: one coefficient for ΔP⁺, ΔP⁻ and t expected")
         self._q_coef_l = [a for _, a in groups[0]]
         self._q_coef_uni = tuple((g[0][1] if g else 0.0, len(g)) for g in groups[1:4])
-        self._q_coef_y = [g[0][1] for g in groups[4:]]
-        # q = [const, l, const, ΔP⁺, ΔP⁻, y, const, t, const]: the entries in the variables' order (__init__)
+        # q = [const, l, const, ΔP⁺, ΔP⁻, const, t, const]: the entries in the variables' order (__init__)
         ix, sl = self.ix, self._sl
-        if [[i for i, _ in g] for g in groups[:4]] != [ix["l"], ix["dpu"], ix["dpd"], ix["t"]] or \
-                [g[0][0] for g in groups[4:]] != ix["y"] or not (sl["dpu"].stop == sl["dpd"].start
-                                                                and sl["dpd"].stop == sl["y"].start):
+        if [[i for i, _ in g] for g in groups] != [ix["l"], ix["dpu"], ix["dpd"], ix["t"]] or \
+                sl["dpu"].stop != sl["dpd"].start:
             raise AssertionError("q: unexpected layout of the price-dependent entries")
         self._q_const_seg = (q_const[:sl["l"].start], q_const[sl["l"].stop: sl["dpu"].start],
-                             q_const[sl["y"].stop: sl["t"].start], q_const[sl["t"].stop:])
+                             q_const[sl["dpd"].stop: sl["t"].start], q_const[sl["t"].stop:])
         self._q = q_const  # the current q (a list or tuple of floats; the q property gives an array)
-        self._q_key = None  # (price, y's costs) of the current q: q depends on nothing else
+        self._q_key = None  # (price, loss weight override) of the current q: q depends on nothing else
         self._q_sent = False  # whether the persistent Clarabel solver holds the current q
         # b: each row that changes is one entry of z times a coefficient, plus the row's constant. Rows whose
         # coefficient is 1 and constant −0.0 are that entry of z itself (−0.0 + v == v, bit for bit); the others
@@ -462,7 +482,7 @@ class ConicOPF:
             if a == 1.0 and base == 0.0 and math.copysign(1.0, base) < 0.0:
                 pos[r] = self.m + int(k)
             else:
-                pos[r] = self.m + 8 * M + len(nontrivial)
+                pos[r] = self.m + 9 * M + len(nontrivial)
                 nontrivial.append((int(k), a, base))
         self._b_src = b_const
         self._b_gather = _getter(pos)
@@ -473,11 +493,11 @@ class ConicOPF:
         self._b = tuple(b_const)  # the current b (a tuple of floats; the b property gives an array)
         # the result: slices of x, per-edge and per-microgrid constants
         sl = self._sl
-        if not (sl["dpu"].stop == sl["dpd"].start and sl["dpd"].stop == sl["y"].start
-                and sl["y"].stop == sl["u"].start):
-            raise AssertionError("ΔP⁺, ΔP⁻, y, u expected next to each other in x")
+        if not (sl["dpu"].stop == sl["dpd"].start == sl["cur"].start - M and sl["cur"].stop == sl["shd"].start
+                and sl["shd"].stop == sl["u"].start):
+            raise AssertionError("ΔP⁺, ΔP⁻, curtailment, shedding, u expected next to each other in x")
         self._x_slices = (sl["v"], sl["l"], sl["P"], sl["Q"], slice(sl["dpu"].start, sl["u"].stop), sl["svh"],
-                          sl["svl"])
+                          sl["svl"], sl["spill"])
         self._root_viol = max(0.0, 1.0 - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - 1.0)  # = S[0] (__init__)
         self._r_list = self.r_pu.tolist()
         self._edge_from = frm.tolist()
@@ -485,10 +505,9 @@ class ConicOPF:
         self._mg_node = mg_node
         self._v_mg = _getter(mg_node)
         self._v_lo_sq, self._v_hi_sq = v_lo, v_hi
-        self._y_cost = (-cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh)
         self._z_coef_h = [-ub] * M + [ub] * M + [-ub] * M + [ub] * M  # ΔP⁺, ΔP⁻, ΔQ⁺, ΔQ⁻ headroom
         self._z_off_h = [a for o in self._z_off for a in o]
-        self._z_coef_cs = [ub] * M + [-ub] * M  # curtailment, shedding bounds
+        self._no_renewable_bound = None  # solve() without renewable_kw: curtailment bounded by the surplus
 
     @property
     def q(self) -> np.ndarray:
@@ -505,31 +524,38 @@ class ConicOPF:
         """(π⁺, π⁻, w, c_q, c_qs) for the step: :func:`step_prices`."""
         return step_prices(price, self.cfg)
 
-    def _update_q(self, price: float, y_cost: list):
-        """Write the cost vector q for the price and y's cost per microgrid; returns the step's prices."""
+    def _update_q(self, price: float, loss_weight_eur_per_kwh: float | None = None):
+        """Write the cost vector q for the price; returns the step's prices.
+
+        ``loss_weight_eur_per_kwh`` replaces w in q only (the exactness repair); the returned prices keep w."""
         prices = self._prices(price)
         key = self._q_key
-        if key is None or key[0] != price or key[1] != y_cost:
+        if key is None or key[0] != price or key[1] != loss_weight_eur_per_kwh:
             pi_up, pi_dn, w, c_q, _ = prices
+            if loss_weight_eur_per_kwh is not None:
+                w = loss_weight_eur_per_kwh
             (a1, n1), (a2, n2), (a3, n3) = self._q_coef_uni
             c0, c1, c2, c3 = self._q_const_seg
             self._q = [*c0, *[a * w for a in self._q_coef_l], *c1, *[a1 * pi_up] * n1, *[a2 * -pi_dn] * n2,
-                       *[a * y for a, y in zip(self._q_coef_y, y_cost)], *c2, *[a3 * c_q] * n3, *c3]
-            self._q_key, self._q_sent = (price, y_cost), False
+                       *c2, *[a3 * c_q] * n3, *c3]
+            self._q_key, self._q_sent = (price, loss_weight_eur_per_kwh), False
         return prices
 
-    def _update(self, p_kw: list, q_kvar: list, price: float, p_grid_kw: list, q_grid_kvar: list):
+    def _update(self, p_kw: list, q_kvar: list, price: float, p_grid_kw: list, q_grid_kvar: list,
+                renewable_kw: list):
         """Write the step's data z, cost vector q and right-hand side b (inputs: lists of M floats)."""
-        c_cur, c_shd = self._y_cost
-        prices = self._update_q(price, [c_cur if p > 0.0 else c_shd for p in p_kw])  # y: curtailment or shedding
+        prices = self._update_q(price)
         # z (solver per unit): p, q; the trade headroom clipped at 0 as np.maximum(·, 0.0) does (NaN and −0.0
-        # kept); the curtailment and shedding bounds, max(±p + 0.0, 0.0), which is 0.0 for ±p ≤ 0
+        # kept); the curtailment bound (the renewable output; without it, the surplus max(p, 0)), the shedding bound
+        # max(−p, 0) and the spill bound max(p, 0) (each 0.0 where its sign says so)
         ub = self._ub
+        spill = [0.0 if (v := ub * a) <= 0.0 else v for a in p_kw]
+        cur = spill if renewable_kw is None else [0.0 if (v := ub * r) <= 0.0 else v for r in renewable_kw]
         self._z = z = ([ub * a + 0.0 for a in p_kw + q_kvar]
                        + [0.0 if (v := c * a + o) < 0.0 else v
                           for c, a, o in zip(self._z_coef_h, p_grid_kw + p_grid_kw + q_grid_kvar + q_grid_kvar,
                                              self._z_off_h)]
-                       + [0.0 if (v := c * a) <= 0.0 else v for c, a in zip(self._z_coef_cs, p_kw + p_kw)])
+                       + cur + [0.0 if (v := -ub * a) <= 0.0 else v for a in p_kw] + spill)
         # b: its constant rows, entries of z, and a·z (+ the row's constant unless it is −0.0)
         nt = [a * v for a, v in zip(self._bn_coef, self._bn_z(z))]
         if self._bn_base is not None:
@@ -556,7 +582,7 @@ class ConicOPF:
         (~1e-11) from the same step solved later after an update. Every step is an update of this one solver."""
         saved = (self._q, self._q_key, self._q_sent)
         self._q_key = None
-        self._update_q(0.1, [self._y_cost[1]] * self.M)
+        self._update_q(0.1)
         q = list(self._q)
         self._q, self._q_key, self._q_sent = saved
         return q
@@ -632,7 +658,8 @@ class ConicOPF:
                 if not math.isfinite(a):
                     raise ValueError(f"ConicOPF.solve: {name}[{m}] is {a!r}; every input must be finite")
 
-    def solve(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None) -> OPFResult:
+    def solve(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None,
+              renewable_kw=None) -> OPFResult:
         """Solve for one step.
 
         Args:
@@ -640,6 +667,10 @@ class ConicOPF:
             price_eur_per_kwh: the real-time price c_t.
             p_grid_kw, q_grid_kvar: the lower layer's own trade with the main grid (default 0); the OPF's
                 ΔP/ΔQ use the rest of each microgrid's trade limits.
+            renewable_kw: each microgrid's PV + WT output this hour (kW ≥ 0): only generation can be curtailed,
+                so curtailment ≤ renewable_kw (a neighbour's surplus may flow in while a microgrid curtails its
+                own PV); a surplus beyond curtailment and the export headroom is spilled at VOLL. ``None``:
+                curtailment ≤ the microgrid's surplus instead (env v0's bound) — the env always passes it.
         """
         M = self.M
         if type(p_kw) is not list or len(p_kw) != M:  # the env's path: lists of M floats, used as they are
@@ -654,13 +685,29 @@ class ConicOPF:
             q_grid_kvar = [0.0] * M
         elif type(q_grid_kvar) is not list or len(q_grid_kvar) != M:
             q_grid_kvar = self._as_list(q_grid_kvar, "q_grid_kvar")
+        if renewable_kw is None:
+            ren = self._no_renewable_bound
+        else:
+            ren = renewable_kw if type(renewable_kw) is list and len(renewable_kw) == M else \
+                self._as_list(renewable_kw, "renewable_kw")
+            if not math.isfinite(sum(ren)) or min(ren) < 0.0:
+                raise ValueError(f"ConicOPF.solve: renewable_kw must be finite and >= 0, got {ren}")
         price = float(price_eur_per_kwh)
         if not math.isfinite(sum(p_kw) + sum(q_kvar) + sum(p_grid_kw) + sum(q_grid_kvar) + price):
             self._reject_non_finite(p_kw=p_kw, q_kvar=q_kvar, p_grid_kw=p_grid_kw, q_grid_kvar=q_grid_kvar,
                                     price_eur_per_kwh=[price])
-        prices = self._update(p_kw, q_kvar, price, p_grid_kw, q_grid_kvar)
-        errors = []
+        prices = self._update(p_kw, q_kvar, price, p_grid_kw, q_grid_kvar, ren)
         t0 = time.perf_counter()
+        res = self._solve_chain(prices, t0)
+        if res is None:
+            return self._safe_dispatch(p_kw, q_kvar, prices, time.perf_counter() - t0, self._errors, ren)
+        if res.relaxation_gap_pu > self.exactness_tol_pu:
+            res = self._repair(res, price, prices, t0)
+        return res
+
+    def _solve_chain(self, prices, t0) -> OPFResult | None:
+        """Solve with the primary solver, then the fallback; None if both fail (messages in ``self._errors``)."""
+        self._errors = errors = []
         for k, name in enumerate(self._chain):
             try:
                 x, solver_time, iters = self._solve_clarabel() if name == "clarabel" else self._solve_ecos()
@@ -671,60 +718,73 @@ class ConicOPF:
                 continue
             return self._result(x, prices, STATUS_OPTIMAL if k == 0 else STATUS_FALLBACK_SOLVER, "optimal", name,
                                 time.perf_counter() - t0, solver_time, iters, errors)
-        return self._safe_dispatch(p_kw, q_kvar, prices, time.perf_counter() - t0, errors)
+        return None
+
+    def _repair(self, res: OPFResult, price: float, prices, t0) -> OPFResult:
+        """Exactness repair of a step whose relaxation gap exceeds the tolerance: re-solve once with the loss
+        weight raised above VOLL, so that no outlet (spill and shedding included) is dearer than a fictitious loss,
+        and keep the answer if its gap is smaller. Its costs are reported at the step's own prices (losses at w)."""
+        self._update_q(price, prices[2] + self.cfg.voll_eur_per_kwh + self.cfg.loss_price_margin_eur_per_kwh)
+        repaired = self._solve_chain(prices, t0)
+        self._update_q(price)  # the next step starts from the step's own q
+        if repaired is None or repaired.relaxation_gap_pu >= res.relaxation_gap_pu:
+            res.exactness_repair = -1  # tried, no better
+            return res
+        repaired.exactness_repair = 1
+        return repaired
 
     def _result(self, x, prices, code, status, solver, wall, solver_time, iters, errors, out=None) -> OPFResult:
         """The result record from the solver's solution ``x`` (solver per unit, a list), in plain Python floats.
 
-        ``out`` (instead of ``x``): the values (v, l, P, Q, ΔP⁺, ΔP⁻, y, u, s, ΔQ⁺ and ΔQ⁻ headroom, p) as one list,
-        s being each node's voltage slack (the root's constant violation first)."""
+        ``out`` (instead of ``x``): the values (v, l, P, Q, ΔP⁺, ΔP⁻, curtailment, shedding, u, s, ΔQ⁺ and ΔQ⁻
+        headroom, spill) as one list, s being each node's voltage slack (the root's constant violation first)."""
         M, bk, dt, cfg = self.M, self.base_kw, self.dt_h, self.cfg
         if out is None:
             if type(x) is not list:
                 x = np.asarray(x, float).tolist()
-            s_v, s_l, s_p, s_q, s_mg, s_svh, s_svl = self._x_slices
+            s_v, s_l, s_p, s_q, s_mg, s_svh, s_svl, s_spill = self._x_slices
             v = [1.0] + x[s_v]  # the root's voltage is the constant 1 p.u.
             l_raw, P, Q = x[s_l], x[s_p], x[s_q]
-            mg = [a * bk for a in x[s_mg]]  # ΔP⁺, ΔP⁻, y, u in kW / kVar
+            mg = [a * bk for a in x[s_mg]]  # ΔP⁺, ΔP⁻, curtailment, shedding, u in kW / kVar
+            spill_raw = [a * bk for a in x[s_spill]]
             slack = [a for a in map(add, x[s_svh], x[s_svl]) if a > 0.0]
             if self._root_viol > 0.0:
                 slack.insert(0, self._root_viol)
             z = self._z
             h = [a * bk for a in z[4 * M: 6 * M]]  # ΔQ⁺, ΔQ⁻ headroom in kVar
-            zp = z[:M]
         else:
             n, E = self.n, self.E
             v = out[:n]
             l_raw, P, Q = out[n: n + E], out[n + E: n + 2 * E], out[n + 2 * E: n + 3 * E]
             k = n + 3 * E
-            mg = [a * bk for a in out[k: k + 4 * M]]
-            k += 4 * M
+            mg = [a * bk for a in out[k: k + 5 * M]]
+            k += 5 * M
             slack = [a for a in out[k: k + n] if a > 0.0]
             h = [a * bk for a in out[k + n: k + n + 2 * M]]
-            zp = out[k + n + 2 * M:]
+            spill_raw = [a * bk for a in out[k + n + 2 * M:]]
         pi_up, pi_dn, w, c_q, c_qs = prices
         c_cur, c_shd = cfg.curtailment_cost_eur_per_kwh, cfg.voll_eur_per_kwh
         l = [a if a > 0.0 else 0.0 for a in l_raw]
-        cost, dp, dq, cur, shd, qsl = [], [], [], [], [], []
-        for u_p, d_p, y, u_q, hu, hd, p in zip(mg[:M], mg[M: 2 * M], mg[2 * M: 3 * M], mg[3 * M:], h[:M], h[M:], zp):
-            # y = shedding − curtailment; only one of them is allowed (by the sign of p). Solver round-off beyond
-            # its bound is absorbed by ΔP, so that the node balance stays closed: ΔP − curt + shed = ΔP⁺ − ΔP⁻ + y.
-            if p > 0.0:
-                c_m, s_m = (-y if y < 0.0 else 0.0), 0.0
-                dp.append(u_p - d_p + (y + c_m))
-            else:
-                c_m, s_m = 0.0, (y if y > 0.0 else 0.0)
-                dp.append(u_p - d_p + (y - s_m))
+        cost, dp, dq, cur, shd, spl, qsl = [], [], [], [], [], [], []
+        for u_p, d_p, c_raw, s_raw, u_q, hu, hd, sp_raw in zip(mg[:M], mg[M: 2 * M], mg[2 * M: 3 * M],
+                                                               mg[3 * M: 4 * M], mg[4 * M:], h[:M], h[M:], spill_raw):
+            # Solver round-off below 0 of curtailment, shedding and spill is absorbed by ΔP, so that the node
+            # balance stays closed: ΔP − curt + shed − spill = ΔP⁺ − ΔP⁻ − curt_raw + shed_raw − spill_raw.
+            c_m = c_raw if c_raw > 0.0 else 0.0
+            s_m = s_raw if s_raw > 0.0 else 0.0
+            sp_m = sp_raw if sp_raw > 0.0 else 0.0
+            dp.append(u_p - d_p + (c_m - c_raw) + (s_raw - s_m) + (sp_m - sp_raw))
             # u = ΔQ + reactive slack: ΔQ within its headroom, the slack beyond it
             d_q = hu if u_q > hu else (-hd if u_q < -hd else u_q)
             s_q = u_q - d_q
             dq.append(d_q)
             cur.append(c_m)
             shd.append(s_m)
+            spl.append(sp_m)
             qsl.append(s_q)
             # max(a, 0.0) written out: 0.0 if 0.0 > a else a (the same value, without a call)
             cost.append((pi_up * (0.0 if 0.0 > u_p else u_p) - pi_dn * (0.0 if 0.0 > d_p else d_p) + c_q * abs(d_q)
-                         + c_cur * c_m + c_shd * s_m + c_qs * abs(s_q)) * dt)
+                         + c_cur * c_m + c_shd * (s_m + sp_m) + c_qs * abs(s_q)) * dt)
         v_mg = [0.0 if 0.0 > a else sqrt(a) for a in self._v_mg(v)]  # √max(v, 0)
         losses_kw = sum([r * le for r, le in zip(self._r_list, l)]) * bk
         v_pen = cfg.voltage_penalty_eur_per_pu_h * sum(slack) * dt
@@ -734,19 +794,25 @@ class ConicOPF:
         viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
         return OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
                          viol, wall, solver_time, iters, errors,
-                         _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, qsl, v_mg)),
+                         _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg)),
                          (v, l, P, Q, bk, self.i_base_ka))
 
-    def _safe_dispatch(self, p_kw, q_kvar, prices, wall, errors) -> OPFResult:
-        """Last resort: settle each imbalance with the main grid within headroom, then curtail or shed."""
+    def _safe_dispatch(self, p_kw, q_kvar, prices, wall, errors, renewable_kw) -> OPFResult:
+        """Last resort: settle each imbalance with the main grid within headroom, then curtail (generation only),
+        spill or shed."""
         bk, M = self.base_kw, self.M
         p_kw, q_kvar = np.asarray(p_kw, float), np.asarray(q_kvar, float)
         z = np.asarray(self._z, float) * bk
         dpu = np.minimum(np.maximum(-p_kw, 0.0), z[2 * M: 3 * M])
         dpd = np.minimum(np.maximum(p_kw, 0.0), z[3 * M: 4 * M])
         x = np.zeros(self.n_var)
-        # no network flows: each node's balance gives y = −p − ΔP (the rest is shed or curtailed) and u = −q
-        for name, val in (("dpu", dpu), ("dpd", dpd), ("y", -p_kw - dpu + dpd), ("u", -q_kvar)):
+        # no network flows: each node's balance gives the rest −p − ΔP, shed if positive, else curtailed up to the
+        # renewable output and spilled beyond it; u = −q
+        rest = -p_kw - dpu + dpd
+        bound = np.maximum(p_kw, 0.0) if renewable_kw is None else np.asarray(renewable_kw, float)
+        cur = np.minimum(np.maximum(-rest, 0.0), bound)
+        for name, val in (("dpu", dpu), ("dpd", dpd), ("shd", np.maximum(rest, 0.0)), ("cur", cur),
+                          ("spill", np.maximum(-rest, 0.0) - cur), ("u", -q_kvar)):
             x[self.ix[name]] = val / bk
         x[self.ix["v"]] = 1.0
         res = self._result(x.tolist(), prices, STATUS_SAFE_DISPATCH, "safe_dispatch", "none", wall, 0.0, 0, errors)
@@ -754,7 +820,7 @@ class ConicOPF:
         return res
 
     def solve_reference(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None,
-                        solver: str = "ECOS", problem=None) -> OPFResult:
+                        renewable_kw=None, solver: str = "ECOS", problem=None) -> OPFResult:
         """Solve the same step with the cvxpy reference formulation and report it like :meth:`solve`.
 
         ``problem`` (from :func:`build_cvxpy_opf`) is re-used when given (DPP: compiled once); without it the
@@ -766,13 +832,14 @@ class ConicOPF:
         p_kw, q_kvar = self._as_list(p_kw, "p_kw"), self._as_list(q_kvar, "q_kvar")
         p_grid_kw = [0.0] * M if p_grid_kw is None else self._as_list(p_grid_kw, "p_grid_kw")
         q_grid_kvar = [0.0] * M if q_grid_kvar is None else self._as_list(q_grid_kvar, "q_grid_kvar")
-        prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar)
+        ren = self._no_renewable_bound if renewable_kw is None else self._as_list(renewable_kw, "renewable_kw")
+        prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar, ren)
         if problem is None:
             problem = build_cvxpy_opf(self.net, self.cfg, M, self.dt_h, self.obj_scale_eur, self.solver_base_mva)
         prob, prm, var = problem
         limits = (self.grid_p_min_kw, self.grid_p_max_kw, self.grid_q_min_kvar, self.grid_q_max_kvar)
         set_cvxpy_params(prm, self.net, self.cfg, p_kw, q_kvar, price_eur_per_kwh, limits, p_grid_kw, q_grid_kvar,
-                         base_mva=self.solver_base_mva)
+                         base_mva=self.solver_base_mva, renewable_kw=renewable_kw)
         t0 = time.perf_counter()
         try:
             prob.solve(solver=getattr(cp, solver))
@@ -781,13 +848,13 @@ class ConicOPF:
             error = f"cvxpy/{solver}: {exc}"
         wall = time.perf_counter() - t0
         if error is not None:
-            return self._safe_dispatch(p_kw, q_kvar, prices, wall, [error])
+            return self._safe_dispatch(p_kw, q_kvar, prices, wall, [error], ren)
         v = var["v"].value
         z = self._z
         out = np.concatenate([v, var["l"].value, var["P"].value, var["Q"].value, var["dpu"].value, var["dpd"].value,
-                              var["shd"].value - var["cur"].value,
+                              var["cur"].value, var["shd"].value,
                               var["dqu"].value - var["dqd"].value + var["qsu"].value - var["qsd"].value,
-                              var["svh"].value + var["svl"].value, z[4 * M: 6 * M], z[:M]])
+                              var["svh"].value + var["svl"].value, z[4 * M: 6 * M], var["spl"].value])
         stats = prob.solver_stats
         return self._result(None, prices, STATUS_OPTIMAL, "optimal", f"cvxpy/{solver}", wall,
                             float(stats.solve_time or 0.0), int(stats.num_iters or 0), [], out=out.tolist())
@@ -796,7 +863,8 @@ class ConicOPF:
         """Final injection at each node (kW, kVar) after the OPF's decisions — what an AC power flow needs."""
         pn, qn = np.zeros(self.n), np.zeros(self.n)
         mg = self.net.mg_node
-        pn[mg] = np.asarray(p_kw) + result.delta_p_kw - result.curtailment_kw + result.shedding_kw
+        pn[mg] = (np.asarray(p_kw) + result.delta_p_kw - result.curtailment_kw + result.shedding_kw
+                  - result.spill_kw)
         qn[mg] = np.asarray(q_kvar) + result.delta_q_kvar + result.q_slack_kvar
         return pn, qn
 
@@ -807,7 +875,7 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
     """The same OPF as a cvxpy DPP problem (the readable reference).
 
     Returns ``(problem, params, variables)``; parameters: ``p``, ``q`` (per unit, per microgrid), ``dpu_max``,
-    ``dpd_max``, ``dqu_max``, ``dqd_max``, ``cur_max``, ``shd_max`` (per unit), and the € prices ``pi_up``,
+    ``dpd_max``, ``dqu_max``, ``dqd_max``, ``cur_max``, ``shd_max``, ``spl_max`` (per unit), and the € prices ``pi_up``,
     ``pi_dn``, ``w``, ``c_q``, ``c_qs`` (per kWh). The objective is in € divided by ``obj_scale_eur`` (order
     one for the solver, as in the fast path). Per-unit quantities are on ``base_mva`` (default: the feeder's).
     """
@@ -824,15 +892,16 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
     C_out, C_in, G = network.incidence()
     prm = {k: cp.Parameter(M, name=k) for k in ("p", "q")}
     prm.update({k: cp.Parameter(M, nonneg=True, name=k) for k in
-                ("dpu_max", "dpd_max", "dqu_max", "dqd_max", "cur_max", "shd_max")})
+                ("dpu_max", "dpd_max", "dqu_max", "dqd_max", "cur_max", "shd_max", "spl_max")})
     prm.update({k: cp.Parameter(name=k) for k in ("pi_up", "pi_dn")})
     prm.update({k: cp.Parameter(nonneg=True, name=k) for k in ("w", "c_q", "c_qs")})
     v, l = cp.Variable(n, name="v"), cp.Variable(E, name="l")
     P, Q = cp.Variable(E, name="P"), cp.Variable(E, name="Q")
-    var = {k: cp.Variable(M, nonneg=True, name=k) for k in ("dpu", "dpd", "dqu", "dqd", "cur", "shd", "qsu", "qsd")}
+    var = {k: cp.Variable(M, nonneg=True, name=k)
+           for k in ("dpu", "dpd", "dqu", "dqd", "cur", "shd", "spl", "qsu", "qsd")}
     svh, svl = cp.Variable(n, nonneg=True, name="svh"), cp.Variable(n, nonneg=True, name="svl")
     var.update(v=v, l=l, P=P, Q=Q, svh=svh, svl=svl)
-    inj_p = G @ (prm["p"] + var["dpu"] - var["dpd"] - var["cur"] + var["shd"])
+    inj_p = G @ (prm["p"] + var["dpu"] - var["dpd"] - var["cur"] + var["shd"] - var["spl"])
     inj_q = G @ (prm["q"] + var["dqu"] - var["dqd"] + var["qsu"] - var["qsd"])
     cons = [
         v[0] == 1.0,
@@ -842,14 +911,15 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
         v <= cfg.v_max_pu ** 2 + svh, v >= cfg.v_min_pu ** 2 - svl,  # eq. 16, softened
         var["dpu"] <= prm["dpu_max"], var["dpd"] <= prm["dpd_max"],  # eq. 17
         var["dqu"] <= prm["dqu_max"], var["dqd"] <= prm["dqd_max"],
-        var["cur"] <= prm["cur_max"], var["shd"] <= prm["shd_max"],
+        var["cur"] <= prm["cur_max"], var["shd"] <= prm["shd_max"], var["spl"] <= prm["spl_max"],
     ]
     for e in range(E):  # eq. 3/14
         cons.append(cp.SOC(l[e] + v[frm[e]], cp.hstack([2 * P[e], 2 * Q[e], l[e] - v[frm[e]]])))
     if cfg.current_limit_ka is not None:
         cons.append(l <= (cfg.current_limit_ka / i_base_ka) ** 2)  # eq. 15
     obj = dt_h * bk * (prm["w"] * (r @ l) + prm["pi_up"] * cp.sum(var["dpu"]) - prm["pi_dn"] * cp.sum(var["dpd"])
-                       + prm["c_q"] * cp.sum(var["dqu"] + var["dqd"]) + cfg.voll_eur_per_kwh * cp.sum(var["shd"])
+                       + prm["c_q"] * cp.sum(var["dqu"] + var["dqd"])
+                       + cfg.voll_eur_per_kwh * cp.sum(var["shd"] + var["spl"])
                        + cfg.curtailment_cost_eur_per_kwh * cp.sum(var["cur"])
                        + prm["c_qs"] * cp.sum(var["qsu"] + var["qsd"]))
     obj = obj + dt_h * cfg.voltage_penalty_eur_per_pu_h * cp.sum(svh + svl)
@@ -860,7 +930,7 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
 
 
 def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_limits, p_grid_kw=None,
-                     q_grid_kvar=None, base_mva: float | None = None):
+                     q_grid_kvar=None, base_mva: float | None = None, renewable_kw=None):
     """Fill the parameters of :func:`build_cvxpy_opf` for one step (same inputs as :meth:`ConicOPF.solve`)."""
     bk = (network.base_mva if base_mva is None else float(base_mva)) * 1000.0
     p_kw, q_kvar = np.asarray(p_kw, float), np.asarray(q_kvar, float)
@@ -874,7 +944,9 @@ def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price,
     prm["dpd_max"].value = np.maximum(p_grid_kw - pmin, 0) / bk
     prm["dqu_max"].value = np.maximum(qmax - q_grid_kvar, 0) / bk
     prm["dqd_max"].value = np.maximum(q_grid_kvar - qmin, 0) / bk
-    prm["cur_max"].value = np.maximum(p_kw, 0) / bk
+    cur_max = np.maximum(p_kw, 0) if renewable_kw is None else np.asarray(renewable_kw, float)
+    prm["cur_max"].value = cur_max / bk
+    prm["spl_max"].value = np.maximum(p_kw, 0) / bk
     prm["shd_max"].value = np.maximum(-p_kw, 0) / bk
     pi_up, pi_dn, w, c_q, c_qs = step_prices(price, cfg)
     prm["pi_up"].value, prm["pi_dn"].value, prm["w"].value = pi_up, pi_dn, w
@@ -882,7 +954,8 @@ def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price,
 
 
 def solve_cvxpy_opf(network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_limits, p_grid_kw=None,
-                    q_grid_kvar=None, solver: str = "ECOS", problem=None, dt_h: float = 1.0) -> dict:
+                    q_grid_kvar=None, solver: str = "ECOS", problem=None, dt_h: float = 1.0,
+                    renewable_kw=None) -> dict:
     """Solve the reference formulation; returns a dict of decisions in kW/kVar and the objective in €.
 
     Pass ``problem=(problem, params, variables)`` from :func:`build_cvxpy_opf` to reuse a compiled problem.
@@ -893,7 +966,8 @@ def solve_cvxpy_opf(network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_
         problem = build_cvxpy_opf(network, cfg, len(np.atleast_1d(p_kw)), dt_h)
     prob, prm, var = problem
     base_mva = prob._mmgrid_base_mva
-    set_cvxpy_params(prm, network, cfg, p_kw, q_kvar, price, grid_limits, p_grid_kw, q_grid_kvar, base_mva)
+    set_cvxpy_params(prm, network, cfg, p_kw, q_kvar, price, grid_limits, p_grid_kw, q_grid_kvar, base_mva,
+                     renewable_kw)
     kwargs = {"max_iters": 200, "abstol": 1e-9, "reltol": 1e-9, "feastol": 1e-9} if solver == "ECOS" else {}
     prob.solve(solver=getattr(cp, solver), **kwargs)
     bk = base_mva * 1000.0
@@ -906,6 +980,7 @@ def solve_cvxpy_opf(network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_
         "delta_p_kw": (var["dpu"].value - var["dpd"].value) * bk,
         "delta_q_kvar": (var["dqu"].value - var["dqd"].value) * bk,
         "curtailment_kw": var["cur"].value * bk, "shedding_kw": var["shd"].value * bk,
+        "spill_kw": var["spl"].value * bk,
         "v_pu": np.sqrt(np.maximum(v, 0)), "p_flow_kw": P * bk, "q_flow_kvar": Q * bk,
         "losses_kw": float(r_pu @ l * bk),
         "relaxation_gap_pu": float(np.max(l - (P ** 2 + Q ** 2) / v[frm])) * to_feeder_pu if network.n_edges else 0.0,

@@ -23,10 +23,10 @@ relaxations). The objective is divided by a scale of order one hundred € for t
 
 Exactness. Two constraints of the environment are not convex and are relaxed, then checked on the solution:
 
-1. The env bounds curtailment by the node's surplus (cur ≤ max(p_i, 0)) and shedding by its deficit. The oracle only
-   asks cur, shed ≥ 0: curtailing at a node in deficit (or shedding at a node in surplus) is never cheaper than doing
-   it locally, so the optimum satisfies the env's bounds; :attr:`OracleResult.bound_violation_kw` reports the
-   largest excess (≈ 0).
+1. The env bounds curtailment by the microgrid's own generation (cur ≤ P_PV + P_WT, as the oracle does), spill by
+   its surplus and shedding by its deficit. The oracle asks only spill, shed ≥ 0: spilling at a node in deficit (or
+   shedding at a node in surplus) is never cheaper than doing it locally, so the optimum satisfies the env's
+   bounds; :attr:`OracleResult.bound_violation_kw` reports the largest excess (≈ 0).
 2. P_ESS = P_dis − P_cha is one number in the env; the oracle could charge and discharge at once. With c_ESS > 0 and
    η < 1 that only wastes energy and money, so it does not happen at the optimum unless the program wants to burn
    stored energy; :attr:`OracleResult.ess_simultaneous_kw` reports max_t min(P_cha, P_dis) (≈ 0).
@@ -67,13 +67,13 @@ from .opf import step_prices
 __all__ = ["OracleResult", "DayOracle", "solve_day", "solve_days", "config_hash", "actions_from_dispatch",
            "replay", "ReplayResult", "OraclePolicy", "ORACLE_VERSION", "DISPATCH_KEYS"]
 
-ORACLE_VERSION = "1"
+ORACLE_VERSION = "2"
 """Bumped whenever the formulation changes; part of the cache key."""
 
 DISPATCH_KEYS = (
     "p_pv_kw", "p_wt_kw", "p_load_kw", "q_load_kvar",
     "p_mt_kw", "p_ess_kw", "p_charge_kw", "p_discharge_kw", "p_grid_kw", "q_grid_kvar", "p_net_kw", "q_net_kvar",
-    "delta_p_kw", "delta_q_kvar", "curtailment_kw", "shedding_kw", "q_slack_kvar", "soc",
+    "delta_p_kw", "delta_q_kvar", "curtailment_kw", "shedding_kw", "spill_kw", "q_slack_kvar", "soc",
     "cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "soc_violation", "cost_balancing_eur",
 )
 """Per-microgrid arrays of :attr:`OracleResult.dispatch`, each of shape (24, N). ``soc`` is SoC after the hour
@@ -234,12 +234,13 @@ class DayOracle:
             "c_qs": cp.Parameter((T, M), nonneg=True, name="c_qs"),
             "w": cp.Parameter((T, E), nonneg=True, name="w") if E else None,
             "soc0": cp.Parameter(M, name="soc0"),
+            "ren": cp.Parameter((T, M), nonneg=True, name="ren"),  # PV + WT: what curtailment may take (p.u.)
         }
         self.par = par
         # --- variables
         V = {k: cp.Variable((T, M), name=k) for k in ("p_mt", "p_grid", "q_grid")}
         V.update({k: cp.Variable((T, M), nonneg=True, name=k) for k in
-                  ("cha", "dis", "dpu", "dpd", "dqu", "dqd", "cur", "shd", "qsu", "qsd")})
+                  ("cha", "dis", "dpu", "dpd", "dqu", "dqd", "cur", "shd", "spl", "qsu", "qsd")})
         V["soc"] = cp.Variable((T + 1, M), name="soc")
         V["v"] = cp.Variable((T, n), name="v")
         V["svh"] = cp.Variable((T, n), nonneg=True, name="svh")
@@ -266,8 +267,9 @@ class DayOracle:
             # balancing trades within what the lower layer left of the trade limits (eq. 7–8, 17)
             V["dpu"] <= pu(f.grid_p_max_kw) - V["p_grid"], V["dpd"] <= V["p_grid"] - pu(f.grid_p_min_kw),
             V["dqu"] <= pu(f.grid_q_max_kvar) - V["q_grid"], V["dqd"] <= V["q_grid"] - pu(f.grid_q_min_kvar),
+            V["cur"] <= par["ren"],  # only generation can be curtailed; the rest of a surplus is spilled
         ]
-        inj_p = (p_net + V["dpu"] - V["dpd"] - V["cur"] + V["shd"]) @ G  # (T, n)
+        inj_p = (p_net + V["dpu"] - V["dpd"] - V["cur"] + V["shd"] - V["spl"]) @ G  # (T, n)
         inj_q = (q_net + V["dqu"] - V["dqd"] + V["qsu"] - V["qsd"]) @ G
         cons += [V["v"][:, 0] == 1.0,
                  V["v"] <= o.v_max_pu ** 2 + V["svh"], V["v"] >= o.v_min_pu ** 2 - V["svl"]]
@@ -298,7 +300,8 @@ class DayOracle:
                                  + cp.multiply(row(f.ess_cost_eur_per_kwh / f.ess_eta_discharge), V["dis"]))
         f_up = bk * dt * (cp.sum(cp.multiply(par["pi_up"], V["dpu"])) - cp.sum(cp.multiply(par["pi_dn"], V["dpd"]))
                           + cp.sum(cp.multiply(par["c_q"], V["dqu"] + V["dqd"]))
-                          + o.voll_eur_per_kwh * cp.sum(V["shd"]) + o.curtailment_cost_eur_per_kwh * cp.sum(V["cur"])
+                          + o.voll_eur_per_kwh * cp.sum(V["shd"] + V["spl"])
+                          + o.curtailment_cost_eur_per_kwh * cp.sum(V["cur"])
                           + cp.sum(cp.multiply(par["c_qs"], V["qsu"] + V["qsd"])))
         f_up = f_up + dt * o.voltage_penalty_eur_per_pu_h * cp.sum(V["svh"] + V["svl"])
         if E:
@@ -327,6 +330,7 @@ class DayOracle:
         par = self.par
         par["base_p"].value = (pv + wt - load) / bk
         par["q_load"].value = q_load / bk
+        par["ren"].value = (pv + wt) / bk
         par["c"].value = np.repeat(price[:, None], M, axis=1)
         par["export_markup"].value = np.repeat(cfg.export_discount * np.abs(price)[:, None], M, axis=1)
         prices = np.array([step_prices(c, cfg.opf) for c in price])  # (T, 5): π⁺, π⁻, w, c_q, c_qs
@@ -382,7 +386,7 @@ class DayOracle:
         p_mt, p_grid, q_grid = val("p_mt") * bk, val("p_grid") * bk, val("q_grid") * bk
         cha, dis = nn("cha"), nn("dis")
         dpu, dpd, dqu, dqd = nn("dpu"), nn("dpd"), nn("dqu"), nn("dqd")
-        cur, shd, qsu, qsd = nn("cur"), nn("shd"), nn("qsu"), nn("qsd")
+        cur, shd, spl, qsu, qsd = nn("cur"), nn("shd"), nn("spl"), nn("qsu"), nn("qsd")
         soc = val("soc")
         p_ess = dis - cha
         p_net = pv + wt + p_mt + p_ess + p_grid - load
@@ -390,7 +394,8 @@ class DayOracle:
         d = {"p_pv_kw": pv, "p_wt_kw": wt, "p_load_kw": load, "q_load_kvar": q_load, "p_mt_kw": p_mt,
              "p_ess_kw": p_ess, "p_charge_kw": cha, "p_discharge_kw": dis, "p_grid_kw": p_grid,
              "q_grid_kvar": q_grid, "p_net_kw": p_net, "q_net_kvar": q_net, "delta_p_kw": dpu - dpd,
-             "delta_q_kvar": dqu - dqd, "curtailment_kw": cur, "shedding_kw": shd, "q_slack_kvar": qsu - qsd,
+             "delta_q_kvar": dqu - dqd, "curtailment_kw": cur, "shedding_kw": shd, "spill_kw": spl,
+             "q_slack_kvar": qsu - qsd,
              "soc": soc[1:]}
         # costs with the env's own formulas
         f_mg, f_mt, f_ess = (np.zeros((T, f.n)) for _ in range(3))
@@ -406,7 +411,7 @@ class DayOracle:
             f_mg[t], f_mt[t], f_ess[t] = lower_layer_costs(f, c, p_mt[t], p_grid[t], cha[t], dis[t], dt,
                                                             cfg.export_discount)
             pi_up, pi_dn, w, c_q, c_qs = step_prices(c, o)
-            bal[t] = (pi_up * dpu[t] - pi_dn * dpd[t] + c_q * (dqu[t] + dqd[t]) + o.voll_eur_per_kwh * shd[t]
+            bal[t] = (pi_up * dpu[t] - pi_dn * dpd[t] + c_q * (dqu[t] + dqd[t]) + o.voll_eur_per_kwh * (shd[t] + spl[t])
                       + o.curtailment_cost_eur_per_kwh * cur[t] + c_qs * (qsu[t] + qsd[t])) * dt
             v_pen[t] = o.voltage_penalty_eur_per_pu_h * float(np.sum(svh[t] + svl[t])) * dt
             if net.n_edges:
@@ -426,7 +431,7 @@ class DayOracle:
             d.update(p_flow_kw=P * bk, q_flow_kvar=Q * bk)
         soc_pen = cfg.beta * float(cons.sum())
         objective = cfg.alpha * float(lower.sum()) + float(upper.sum()) + soc_pen
-        viol = max(float(np.max(cur - np.maximum(p_net, 0.0))), float(np.max(shd - np.maximum(-p_net, 0.0))), 0.0)
+        viol = max(float(np.max(spl - np.maximum(p_net, 0.0))), float(np.max(shd - np.maximum(-p_net, 0.0))), 0.0)
         return OracleResult(
             day=int(day), date=self.dataset.days[day], status=status, solver=solver, objective_eur=objective,
             cost_eur=float(total.sum()), soc_penalty_eur=soc_pen,

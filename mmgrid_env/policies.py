@@ -25,8 +25,10 @@ turns them on, are ignored). No policy here looks at future data.
        (unless c ≤ 0) and spreads what is left above soc_min evenly over the remaining hours when c > 0.
 
   4. **Trade** closes the remaining balance with the main grid: P_grid = load − PV − WT − P_MT − P_ESS, clipped to
-     the trade limits (if the deficit exceeds the import limit, the MT is raised first). When c < 0 it buys the
-     maximum instead (the surplus is curtailed by the upper layer at ≈ 0 €/kWh, so each kWh bought earns |c|).
+     the trade limits (if the deficit exceeds the import limit, the MT is raised first). When c < 0 it buys what
+     the microgrid can use instead, P_grid = load − P_MT − P_ESS (clipped), so that its own PV and WT output is the
+     surplus the upper layer curtails (≈ 0 €/kWh): each kWh bought earns |c|, and nothing is bought that would have
+     to be exported at a loss (only generation can be curtailed, env v1).
      Q_grid = Q_load (clipped), so the upper layer has no reactive imbalance to settle.
 
 * :class:`ZeroPolicy` — the all-zero action, i.e. the **middle of every range**: P_MT = (P_MT,min + P_MT,max)/2,
@@ -136,8 +138,8 @@ class RuleBasedPolicy:
         # 4. trade closes the balance; the MT covers what the import limit cannot
         p_mt = control.mt_cover_kw(f, p_mt, control.balance_trade_kw(seen, p_mt, p_ess), lower=False)
         p_grid = np.clip(control.balance_trade_kw(seen, p_mt, p_ess), f.grid_p_min_kw, f.grid_p_max_kw)
-        if c < 0:
-            p_grid = f.grid_p_max_kw.copy()
+        if c < 0:  # each kWh bought earns |c|: buy what the microgrid can use, its own generation curtailed
+            p_grid = np.clip(seen.load_kw - p_mt - p_ess, f.grid_p_min_kw, f.grid_p_max_kw)
         q_grid = np.clip(seen.q_load_kvar, f.grid_q_min_kvar, f.grid_q_max_kvar)
         return np.stack([p_mt, p_ess, p_grid, q_grid], axis=1)
 

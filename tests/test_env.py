@@ -90,7 +90,7 @@ def test_spaces_cached_and_metadata():
         assert e.action_space(a) is e.action_space(a)
         assert e.action_space(a).dtype == np.float32 and e.observation_space(a).dtype == np.float32
         assert np.all(np.isfinite(e.observation_space(a).low)) and np.all(np.isfinite(e.observation_space(a).high))
-    assert e.metadata["name"] == "mmgrid_v0" and e.metadata["is_parallelizable"]
+    assert e.metadata["name"] == "mmgrid_v1" and e.metadata["is_parallelizable"]
     assert e.possible_agents == ["mg_0", "mg_1", "mg_2", "mg_3"]
     assert hasattr(e, "render_mode") and e.render() is None
 
@@ -175,9 +175,10 @@ def test_energy_and_money_accounting(mode):
                 p_net = d["p_pv_kw"] + d["p_wt_kw"] + d["p_mt_kw"] + d["p_ess_kw"] + d["p_grid_kw"] - d["p_load_kw"]
                 assert p_net == pytest.approx(d["p_net_kw"], abs=1e-9)
                 assert d["q_net_kvar"] == pytest.approx(d["q_grid_kvar"] - d["q_load_kvar"], abs=1e-9)
-                inj += d["p_net_kw"] + d["delta_p_kw"] - d["curtailment_kw"] + d["shedding_kw"]
+                inj += d["p_net_kw"] + d["delta_p_kw"] - d["curtailment_kw"] + d["shedding_kw"] - d["spill_kw"]
                 assert 0 <= d["soc"] <= 1
-                assert d["curtailment_kw"] <= max(d["p_net_kw"], 0) + 1e-6
+                assert d["curtailment_kw"] <= d["p_pv_kw"] + d["p_wt_kw"] + 1e-6  # generation only
+                assert d["spill_kw"] <= max(d["p_net_kw"], 0) + 1e-6
                 assert d["shedding_kw"] <= max(-d["p_net_kw"], 0) + 1e-6
                 # trades stay within limits
                 assert f[i].grid_p_min_kw - 1e-6 <= d["p_grid_kw"] + d["delta_p_kw"] <= f[i].grid_p_max_kw + 1e-6
