@@ -10,8 +10,9 @@ discharges (eq. 9), P_grid > 0 buys from the main grid, net injection p_i > 0 is
 from __future__ import annotations
 
 import math
+import operator
 from dataclasses import dataclass, fields
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
@@ -19,7 +20,7 @@ from .config import EnvConfig, MicrogridConfig
 
 __all__ = ["Fleet", "fleet_from_config", "action_to_setpoints", "setpoints_to_action", "ess_step",
            "lower_layer_costs", "soc_penalty", "microgrid_params", "microgrid_step", "MicrogridStep", "STEP_FIELDS",
-           "ACTION_NAMES"]
+           "ACTION_NAMES", "CostTerm", "Quantities", "LOWER_COST_TERMS", "cost_term_names"]
 
 ACTION_NAMES = ("p_mt", "p_ess", "p_grid", "q_grid")
 """Order of the four action components (eq. 25)."""
@@ -109,24 +110,78 @@ def ess_step(fleet: Fleet, soc: np.ndarray, p_ess_request_kw: np.ndarray, dt_h: 
 
 
 def lower_layer_costs(fleet: Fleet, price_eur_per_kwh: float, p_mt_kw, p_grid_kw, p_charge_kw, p_discharge_kw,
-                      dt_h: float, export_discount: float = 0.0):
-    """(F_MG, F_MT, F_ESS) in € per microgrid (eq. 19–21).
+                      dt_h: float, export_discount: float = 0.0) -> tuple[np.ndarray, ...]:
+    """€ per microgrid of each of :data:`LOWER_COST_TERMS` (F_MG, F_MT, F_ESS by default; eq. 19–21), vectorised.
 
     Buying costs c·P; selling earns (c − d·|c|)·|P| (= c(1 − d) for c ≥ 0), which keeps the cost convex.
     """
     c = float(price_eur_per_kwh)
-    sell_price = c - export_discount * abs(c)
-    f_mg = np.where(p_grid_kw >= 0, c * p_grid_kw, sell_price * p_grid_kw) * dt_h
-    f_mt = (fleet.mt_cost_a_eur_per_kw2h * p_mt_kw ** 2 + fleet.mt_cost_b_eur_per_kwh * p_mt_kw
-            + fleet.mt_cost_c_eur_per_h) * dt_h
-    f_ess = fleet.ess_cost_eur_per_kwh * (fleet.ess_eta_charge * p_charge_kw
-                                          + p_discharge_kw / fleet.ess_eta_discharge) * dt_h
-    return f_mg, f_mt, f_ess
+    p_grid_kw = np.asarray(p_grid_kw, float)
+    x = Quantities(np.asarray(p_mt_kw, float), p_grid_kw, np.maximum(-p_grid_kw, 0.0), np.asarray(p_charge_kw, float),
+                   np.asarray(p_discharge_kw, float), c, export_discount * abs(c))
+    return tuple(term.eur_per_h(fleet, x, operator.mul) * dt_h for term in LOWER_COST_TERMS)
 
 
 def soc_penalty(fleet: Fleet, soc: np.ndarray) -> np.ndarray:
     """cons(SoC) = max(0, SoC − SoC_max) + max(0, SoC_min − SoC) (eq. 6, soft)."""
     return np.maximum(soc - fleet.soc_max, 0.0) + np.maximum(fleet.soc_min - soc, 0.0)
+
+
+# ---------------------------------------------------------------------- the lower layer's costs, written once
+class Quantities(NamedTuple):
+    """What a cost term may read of a microgrid's hour (floats, arrays or cvxpy expressions alike): kW and €/kWh.
+    ``p_sell_kw`` = max(−P_grid, 0); ``export_markup_eur_per_kwh`` = c − (the export price) = d·|c| ≥ 0."""
+
+    p_mt_kw: Any
+    p_grid_kw: Any
+    p_sell_kw: Any
+    p_charge_kw: Any
+    p_discharge_kw: Any
+    price_eur_per_kwh: Any
+    export_markup_eur_per_kwh: Any
+
+
+class CostTerm(NamedTuple):
+    """One € term of the lower layer: ``eur_per_h(mg, x, mul)`` with ``mg`` a microgrid's ratings (the fields of
+    :class:`~mmgrid_env.config.MicrogridConfig`, scalars or arrays), ``x`` its :class:`Quantities` and ``mul`` the
+    elementwise product (``operator.mul`` for floats and arrays, ``cvxpy.multiply`` in the oracle). Written with
+    ``+``, ``-``, ``mul`` and ``**2`` only, it works for the env's floats, NumPy arrays and the oracle's cvxpy
+    expressions — and must be convex in ``x``. ``name`` is the ``infos[agent]`` key of its € per step."""
+
+    name: str
+    eur_per_h: Callable[[Any, Quantities, Callable], Any]
+
+
+def grid_cost_eur_per_h(mg, x: Quantities, mul):
+    """F_MG (eq. 19): buying costs c·P; selling earns c − d·|c| per kWh, i.e. c·P_grid + d·|c|·P_sell (convex)."""
+    return mul(x.price_eur_per_kwh, x.p_grid_kw) + mul(x.export_markup_eur_per_kwh, x.p_sell_kw)
+
+
+def mt_cost_eur_per_h(mg, x: Quantities, mul):
+    """F_MT (eq. 20): a·P² + b·P + c, the constant c charged every hour (eq. 20 as written)."""
+    return mul(mg.mt_cost_a_eur_per_kw2h, x.p_mt_kw ** 2) + mul(mg.mt_cost_b_eur_per_kwh, x.p_mt_kw) \
+        + mg.mt_cost_c_eur_per_h
+
+
+def ess_cost_eur_per_h(mg, x: Quantities, mul):
+    """F_ESS (eq. 21): c_ESS·(η_cha·P_cha + P_dis/η_dis)."""
+    return mul(mg.ess_cost_eur_per_kwh * mg.ess_eta_charge, x.p_charge_kw) \
+        + mul(mg.ess_cost_eur_per_kwh / mg.ess_eta_discharge, x.p_discharge_kw)
+
+
+LOWER_COST_TERMS: tuple[CostTerm, ...] = (
+    CostTerm("cost_grid_eur", grid_cost_eur_per_h),
+    CostTerm("cost_mt_eur", mt_cost_eur_per_h),
+    CostTerm("cost_ess_eur", ess_cost_eur_per_h),
+)
+"""Every € cost of the lower layer, in one place: the env's step (:func:`microgrid_step`), its vectorised twin
+(:func:`lower_layer_costs`) and the oracle's objective all evaluate these. A new term added here appears in the
+reward, the oracle and ``infos`` (under its name)."""
+
+
+def cost_term_names() -> tuple[str, ...]:
+    """The ``infos`` keys of :data:`LOWER_COST_TERMS` (read at call time: an env built later sees additions)."""
+    return tuple(t.name for t in LOWER_COST_TERMS)
 
 
 # ---------------------------------------------------------------------- one microgrid, scalar
@@ -146,29 +201,40 @@ class MicrogridStep(NamedTuple):
     soc: float
     soc_violation: float
     actions_clipped: float
-    cost_grid_eur: float
-    cost_mt_eur: float
-    cost_ess_eur: float
+    costs_eur: tuple
+    """€ of each of :data:`LOWER_COST_TERMS`, in order (their names are the ``infos`` keys)."""
 
     @property
     def cost_lower_eur(self) -> float:
-        """F_MG + F_MT + F_ESS (€)."""
-        return self.cost_grid_eur + self.cost_mt_eur + self.cost_ess_eur
+        """Σ of the lower layer's € terms (F_MG + F_MT + F_ESS by default)."""
+        return sum(self.costs_eur)
 
 
-STEP_FIELDS = MicrogridStep._fields
-"""Names of the values :func:`microgrid_step` returns (the fields of :class:`MicrogridStep`)."""
-_new_step = tuple.__new__  # MicrogridStep's own __new__ checks its arguments again: 2x slower per step
+STEP_FIELDS = MicrogridStep._fields[:-1]
+"""Names of the physical values :func:`microgrid_step` returns (the fields of :class:`MicrogridStep` but the
+costs, whose names are :func:`cost_term_names`)."""
+_new_step = _new_quantities = tuple.__new__  # a NamedTuple's own __new__ checks its arguments: 2x slower
+_mul = operator.mul
 
 
 def microgrid_params(fleet: Fleet) -> list[tuple]:
-    """Per microgrid, the parameters :func:`microgrid_step` reads, as a tuple of floats."""
+    """Per microgrid, the parameters :func:`microgrid_step` reads: a tuple of floats, then the microgrid's
+    ratings as one object (a :class:`Fleet` of that microgrid alone, for the cost terms) and the cost terms."""
     low, half = fleet.action_low, 0.5 * (fleet.action_high - fleet.action_low)
     cols = (low[:, 0], half[:, 0], low[:, 1], half[:, 1], low[:, 2], half[:, 2], low[:, 3], half[:, 3],
             fleet.ess_capacity_kwh, fleet.ess_eta_charge, fleet.ess_eta_discharge, fleet.ess_charge_max_kw,
-            fleet.ess_discharge_max_kw, fleet.mt_cost_a_eur_per_kw2h, fleet.mt_cost_b_eur_per_kwh,
-            fleet.mt_cost_c_eur_per_h, fleet.ess_cost_eur_per_kwh, fleet.soc_min, fleet.soc_max)
-    return [tuple(float(c[i]) for c in cols) for i in range(fleet.n)]
+            fleet.ess_discharge_max_kw, fleet.soc_min, fleet.soc_max)
+    terms = tuple(t.eur_per_h for t in LOWER_COST_TERMS)
+    return [tuple(float(c[i]) for c in cols) + (_ScalarRatings(fleet, i), terms) for i in range(fleet.n)]
+
+
+class _ScalarRatings:
+    """One microgrid's ratings as plain-float attributes (what a cost term reads in the env's step)."""
+
+    def __init__(self, fleet: Fleet, i: int):
+        for f in fields(fleet):
+            if f.name not in ("action_low", "action_high"):
+                setattr(self, f.name, float(getattr(fleet, f.name)[i]))
 
 
 def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: float, p_load_kw: float,
@@ -180,8 +246,8 @@ def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: f
     :func:`soc_penalty` (eq. 4–10, 19–21, 25), for one microgrid in plain floats. ``params`` comes from
     :func:`microgrid_params`; ``sell_price_eur_per_kwh`` = c − d·|c| (export discount d).
     """
-    (lo_mt, w_mt, lo_ess, w_ess, lo_g, w_g, lo_q, w_q, e_kwh, eta_c, eta_d, cha_max, dis_max, mt_a, mt_b, mt_c,
-     ess_cost, soc_min, soc_max) = params
+    (lo_mt, w_mt, lo_ess, w_ess, lo_g, w_g, lo_q, w_q, e_kwh, eta_c, eta_d, cha_max, dis_max, soc_min, soc_max,
+     mg, terms) = params
     a_mt, a_ess, a_g, a_q = action
     n_clipped = 0
     if not -1.0 <= a_mt <= 1.0:
@@ -206,9 +272,9 @@ def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: f
     soc_next = min(max(soc_next, 0.0), 1.0)  # removes float round-off only
     p_net = p_pv_kw + p_wt_kw + p_mt + p_ess + p_grid - p_load_kw  # eq. 9
     q_net = q_grid - q_load_kvar  # eq. 10
-    f_mg = (price_eur_per_kwh if p_grid >= 0.0 else sell_price_eur_per_kwh) * p_grid * dt_h
-    f_mt = (mt_a * p_mt ** 2 + mt_b * p_mt + mt_c) * dt_h
-    f_ess = ess_cost * (eta_c * p_cha + p_dis / eta_d) * dt_h
+    x = _new_quantities(Quantities, (p_mt, p_grid, -p_grid if p_grid < 0.0 else 0.0, p_cha, p_dis, price_eur_per_kwh,
+                                     price_eur_per_kwh - sell_price_eur_per_kwh))
+    costs = tuple([term(mg, x, _mul) * dt_h for term in terms])
     cons = max(soc_next - soc_max, 0.0) + max(soc_min - soc_next, 0.0)
     return _new_step(MicrogridStep, (p_mt, p_ess, p_req, p_cha, p_dis, p_grid, q_grid, p_net, q_net, soc_next, cons,
-                                     float(n_clipped), f_mg, f_mt, f_ess))
+                                     float(n_clipped), costs))

@@ -13,8 +13,8 @@ from pettingzoo import ParallelEnv
 
 from .config import EnvConfig, make_config
 from .data import HOURS_PER_DAY, Dataset, load_dataset
-from .devices import (STEP_FIELDS, fleet_from_config, microgrid_params, microgrid_step, setpoints_to_action,
-                      soc_penalty)
+from .devices import (STEP_FIELDS, cost_term_names, fleet_from_config, microgrid_params, microgrid_step,
+                      setpoints_to_action, soc_penalty)
 from .network import build_network
 from .opf import ConicOPF, MicrogridBalance, OPFResult
 
@@ -24,15 +24,22 @@ EXOGENOUS_KEYS = ("p_pv_kw", "p_wt_kw", "p_load_kw", "q_load_kvar")
 """The hour's exogenous inputs of each microgrid (kW, kVar), as ``infos[agent]`` keys; the price is added too."""
 BALANCE_FIELDS = MicrogridBalance._fields
 
-AGENT_INFO_KEYS = (
-    *EXOGENOUS_KEYS, "price_eur_per_kwh",  # the data
-    *STEP_FIELDS, "p_ess_clipped_kw", "cost_lower_eur", "reward_lower",  # the lower layer (devices.MicrogridStep)
-    *BALANCE_FIELDS,  # the upper layer at this microgrid (opf.MicrogridBalance)
-)
+def agent_info_keys() -> tuple[str, ...]:
+    """The per-microgrid ``infos`` keys: the data, the lower layer's :class:`~mmgrid_env.devices.MicrogridStep`
+    fields and one key per cost term (:data:`~mmgrid_env.devices.LOWER_COST_TERMS`), three derived values, and the
+    upper layer's :class:`~mmgrid_env.opf.MicrogridBalance` fields."""
+    return (*EXOGENOUS_KEYS, "price_eur_per_kwh",  # the data
+            *STEP_FIELDS, *cost_term_names(),  # the lower layer (devices.MicrogridStep)
+            "p_ess_clipped_kw", "cost_lower_eur", "reward_lower",  # derived
+            *BALANCE_FIELDS)  # the upper layer at this microgrid (opf.MicrogridBalance)
+
+
+AGENT_INFO_KEYS = agent_info_keys()
 """Per-microgrid keys of ``infos[agent]`` (kW, kVar, €, p.u.; ``soc_violation`` = cons(SoC_{t+1})): the names of
-:class:`mmgrid_env.devices.MicrogridStep` and :class:`mmgrid_env.opf.MicrogridBalance`, plus the data and three
-derived values (``p_ess_clipped_kw`` = requested − delivered, ``cost_lower_eur`` = F_MG + F_MT + F_ESS,
-``reward_lower`` = −(α·cost_lower + β·soc_violation))."""
+:class:`mmgrid_env.devices.MicrogridStep` and :class:`mmgrid_env.opf.MicrogridBalance`, one per lower-layer cost
+term (``cost_grid_eur``, ``cost_mt_eur``, ``cost_ess_eur``), plus the data and three derived values
+(``p_ess_clipped_kw`` = requested − delivered, ``cost_lower_eur`` = Σ of the cost terms,
+``reward_lower`` = −(α·cost_lower + β·soc_violation)). An env records its own list as ``env.agent_info_keys``."""
 
 
 class _StepRecord:
@@ -201,7 +208,9 @@ class MultiMicrogridEnv(ParallelEnv):
         self._last_step: _StepRecord | None = None  # see the last_step property
         self._history: list[dict] = []  # the episode's step infos, kept only when rendering figures
         self._obs = np.zeros((n, low.size), np.float32)
-        self._agent_key_index = {k: j for j, k in enumerate(AGENT_INFO_KEYS)}  # render's columns
+        self.agent_info_keys = agent_info_keys()  # with any cost term added to devices.LOWER_COST_TERMS
+        self._cost_names = cost_term_names()
+        self._agent_key_index = {k: j for j, k in enumerate(self.agent_info_keys)}  # render's columns
         self._agent_set = frozenset(self.possible_agents)
         self._mg_params = microgrid_params(f)
 
@@ -308,7 +317,7 @@ class MultiMicrogridEnv(ParallelEnv):
         infos = {}
         for i, a in enumerate(self.possible_agents):
             d = system.copy()
-            d.update(dict.fromkeys(AGENT_INFO_KEYS, 0.0))
+            d.update(dict.fromkeys(self.agent_info_keys, 0.0))
             d.update(zip(EXOGENOUS_KEYS, self._day_exo[0][i]))
             d.update(price_eur_per_kwh=float(self._day_price[0]), soc=float(soc[i]), soc_violation=cons[i], v_pu=1.0)
             infos[a] = d
@@ -327,7 +336,8 @@ class MultiMicrogridEnv(ParallelEnv):
             return None
         if rec.view is None:
             infos = [rec.infos[a] for a in self.possible_agents]
-            rec.view = {"rows": np.array([[d[k] for k in AGENT_INFO_KEYS] for d in infos]), "keys": AGENT_INFO_KEYS,
+            keys = self.agent_info_keys
+            rec.view = {"rows": np.array([[d[k] for k in keys] for d in infos]), "keys": keys,
                         "system": rec.system, "opf": rec.opf, "rewards": np.array(rec.rewards),
                         "actions": np.array(rec.actions)}
         return rec.view
@@ -414,6 +424,7 @@ class MultiMicrogridEnv(ParallelEnv):
             d.update(zip(EXOGENOUS_KEYS, ex))
             d["price_eur_per_kwh"] = price
             d.update(zip(STEP_FIELDS, rec))
+            d.update(zip(self._cost_names, rec.costs_eur))
             d["p_ess_clipped_kw"] = rec.p_ess_requested_kw - rec.p_ess_kw
             d["cost_lower_eur"] = c_low
             d["reward_lower"] = r_low

@@ -60,7 +60,8 @@ import numpy as np
 
 from .config import EnvConfig, make_config
 from .data import HOURS_PER_DAY, Dataset, load_dataset
-from .devices import fleet_from_config, lower_layer_costs, soc_penalty
+from . import devices
+from .devices import Quantities, cost_term_names, fleet_from_config, lower_layer_costs, soc_penalty
 from .network import build_network
 from .opf import step_prices
 
@@ -184,11 +185,23 @@ def config_hash(config: EnvConfig | str | None = None) -> str:
     (harmless: a different hash only means a separate cache entry)."""
     cfg = make_config(config) if not isinstance(config, EnvConfig) else config
     payload = {"config": _jsonable(cfg), "dataset": _dataset_digest(load_dataset(cfg.dataset)),
-               "version": ORACLE_VERSION}
+               "version": ORACLE_VERSION,
+               "cost_terms": [f"{t.name}:{getattr(t.eur_per_h, '__qualname__', t.eur_per_h)}"
+                              for t in devices.LOWER_COST_TERMS]}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=repr).encode()).hexdigest()[:20]
 
 
 # ---------------------------------------------------------------------------------------------------- the program
+class _Tiled:
+    """A fleet's ratings repeated over the day's hours: attribute → array (T, M) (what a cost term reads)."""
+
+    def __init__(self, fleet, hours: int):
+        self._fleet, self._hours = fleet, hours
+
+    def __getattr__(self, name):
+        return np.tile(np.asarray(getattr(self._fleet, name), float), (self._hours, 1))
+
+
 class DayOracle:
     """The day-ahead program for one configuration, compiled once (cvxpy DPP), re-solved per day.
 
@@ -291,13 +304,11 @@ class DayOracle:
         else:
             cons += [inj_p == 0, inj_q == 0]
         # --- objective (€)
-        f_mg = bk * dt * (cp.sum(cp.multiply(par["c"], V["p_grid"]))
-                          + cp.sum(cp.multiply(par["export_markup"], cp.pos(-V["p_grid"]))))
-        f_mt = dt * (cp.sum(cp.multiply(row(f.mt_cost_a_eur_per_kw2h * bk ** 2), cp.square(V["p_mt"])))
-                     + cp.sum(cp.multiply(row(f.mt_cost_b_eur_per_kwh * bk), V["p_mt"]))
-                     + T * float(np.sum(f.mt_cost_c_eur_per_h)))
-        f_ess = bk * dt * cp.sum(cp.multiply(row(f.ess_cost_eur_per_kwh * f.ess_eta_charge), V["cha"])
-                                 + cp.multiply(row(f.ess_cost_eur_per_kwh / f.ess_eta_discharge), V["dis"]))
+        # the lower layer's € terms, as the env computes them (devices.LOWER_COST_TERMS), on (T, M) expressions
+        x = Quantities(V["p_mt"] * bk, V["p_grid"] * bk, cp.pos(-V["p_grid"]) * bk, V["cha"] * bk, V["dis"] * bk,
+                       par["c"], par["export_markup"])
+        ratings = _Tiled(f, T)
+        f_lower = dt * cp.sum(sum(term.eur_per_h(ratings, x, cp.multiply) for term in devices.LOWER_COST_TERMS))
         f_up = bk * dt * (cp.sum(cp.multiply(par["pi_up"], V["dpu"])) - cp.sum(cp.multiply(par["pi_dn"], V["dpd"]))
                           + cp.sum(cp.multiply(par["c_q"], V["dqu"] + V["dqd"]))
                           + o.voll_eur_per_kwh * cp.sum(V["shd"] + V["spl"])
@@ -308,7 +319,7 @@ class DayOracle:
             f_up = f_up + bk * dt * cp.sum(cp.multiply(par["w"], cp.multiply(np.tile(r, (T, 1)), V["l"])))
         soc_next = V["soc"][1:]
         cons_soc = cp.pos(soc_next - row(f.soc_max)) + cp.pos(row(f.soc_min) - soc_next)
-        J = cfg.alpha * (f_mg + f_mt + f_ess) + f_up + cfg.beta * cp.sum(cons_soc)
+        J = cfg.alpha * f_lower + f_up + cfg.beta * cp.sum(cons_soc)
         self.problem = cp.Problem(cp.Minimize(J / self.obj_scale_eur), cons)
         self._compiled = False
         self.build_time_s = time.perf_counter() - t0
@@ -398,7 +409,8 @@ class DayOracle:
              "q_slack_kvar": qsu - qsd,
              "soc": soc[1:]}
         # costs with the env's own formulas
-        f_mg, f_mt, f_ess = (np.zeros((T, f.n)) for _ in range(3))
+        names = cost_term_names()
+        terms = {k: np.zeros((T, f.n)) for k in names}
         bal = np.zeros((T, f.n))
         loss_kw, loss_cost, v_pen = np.zeros(T), np.zeros(T), np.zeros(T)
         gap = np.zeros(T)
@@ -408,8 +420,9 @@ class DayOracle:
             l, P, Q = np.maximum(val("l"), 0.0), val("P"), val("Q")
         for t in range(T):
             c = float(price[t])
-            f_mg[t], f_mt[t], f_ess[t] = lower_layer_costs(f, c, p_mt[t], p_grid[t], cha[t], dis[t], dt,
-                                                            cfg.export_discount)
+            for k, eur in zip(names, lower_layer_costs(f, c, p_mt[t], p_grid[t], cha[t], dis[t], dt,
+                                                        cfg.export_discount)):
+                terms[k][t] = eur
             pi_up, pi_dn, w, c_q, c_qs = step_prices(c, o)
             bal[t] = (pi_up * dpu[t] - pi_dn * dpd[t] + c_q * (dqu[t] + dqd[t]) + o.voll_eur_per_kwh * (shd[t] + spl[t])
                       + o.curtailment_cost_eur_per_kwh * cur[t] + c_qs * (qsu[t] + qsd[t])) * dt
@@ -421,9 +434,10 @@ class DayOracle:
                 gap[t] = float(np.max(l[t] - (P[t] ** 2 + Q[t] ** 2) / vf))
         cons = soc_penalty(f, soc[1:])
         upper = loss_cost + bal.sum(axis=1) + v_pen
-        lower = f_mg + f_mt + f_ess
+        lower = sum(terms.values())
         total = lower.sum(axis=1) + upper
-        d.update(cost_grid_eur=f_mg, cost_mt_eur=f_mt, cost_ess_eur=f_ess, soc_violation=cons,
+        d.update(terms)
+        d.update(soc_violation=cons,
                  cost_balancing_eur=bal, price_eur_per_kwh=price, loss_kw=loss_kw, loss_cost_eur=loss_cost,
                  voltage_penalty_eur=v_pen, cost_upper_eur=upper, cost_total_eur=total, relaxation_gap_pu=gap,
                  v_pu=np.sqrt(np.maximum(v, 0.0)))

@@ -121,3 +121,32 @@ def test_action_chain_checks_its_stages_and_round_trips_its_spec():
     np.testing.assert_array_equal(control.ActionChain(env, ())(o, 3 * a), np.clip(3 * a, -1, 1))
     with pytest.raises(TypeError, match="mmgrid_env environment"):
         control.fleet_of(object())
+
+
+def test_a_cost_term_added_in_one_place_reaches_reward_infos_and_oracle(monkeypatch):
+    """One new lower-layer cost term, added to devices.LOWER_COST_TERMS only (a 3 ct/kWh levy on the turbine's
+    output): the env reports it in infos and charges it in the reward, the oracle optimises with it (runs its
+    turbines less), and the oracle's dispatch replayed through the env gives the oracle's objective."""
+    from mmgrid_env import devices, replay, solve_day
+
+    levy = devices.CostTerm("cost_mt_levy_eur", lambda mg, x, mul: mul(0.03, x.p_mt_kw))
+    plain_env = parallel_env()
+    plain = solve_day("paper", 184)
+    monkeypatch.setattr(devices, "LOWER_COST_TERMS", devices.LOWER_COST_TERMS + (levy,))
+    env = parallel_env()
+    assert "cost_mt_levy_eur" in env.agent_info_keys and "cost_mt_levy_eur" not in plain_env.agent_info_keys
+    act = {a: np.full(4, 0.5, np.float32) for a in env.possible_agents}
+    for e in (env, plain_env):
+        e.reset(seed=0, options={"day": 184})
+    _, rew, _, _, infos = env.step(act)
+    _, rew0, _, _, infos0 = plain_env.step(act)
+    for a in env.possible_agents:
+        d = infos[a]
+        assert d["cost_mt_levy_eur"] == pytest.approx(0.03 * d["p_mt_kw"], rel=1e-12)
+        assert d["cost_lower_eur"] == pytest.approx(infos0[a]["cost_lower_eur"] + d["cost_mt_levy_eur"], rel=1e-12)
+    levies = sum(infos[a]["cost_mt_levy_eur"] for a in env.possible_agents)
+    assert sum(rew.values()) == pytest.approx(sum(rew0.values()) - levies, rel=1e-9)  # α = 1
+    levied = solve_day("paper", 184)
+    assert levied.dispatch["p_mt_kw"].sum() < plain.dispatch["p_mt_kw"].sum()  # the oracle sees the levy
+    np.testing.assert_allclose(levied.dispatch["cost_mt_levy_eur"], 0.03 * levied.dispatch["p_mt_kw"], rtol=1e-9)
+    assert replay(levied, "paper").objective_eur == pytest.approx(levied.objective_eur, rel=1e-4)

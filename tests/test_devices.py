@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from mmgrid_env import make_config
-from mmgrid_env.devices import (STEP_FIELDS, action_to_setpoints, ess_step, fleet_from_config, lower_layer_costs,
+from mmgrid_env.devices import (STEP_FIELDS, action_to_setpoints, cost_term_names, ess_step, fleet_from_config,
+                                lower_layer_costs,
                                 microgrid_params, microgrid_step, soc_penalty)
 
 
@@ -38,7 +39,7 @@ def test_microgrid_step_matches_the_vectorised_functions(export_discount):
         for i in range(fleet.n):
             out = microgrid_step(params[i], float(soc[i]), act[i].tolist(), pv[i], wt[i], load[i], q_load[i],
                                  price, sell, dt)
-            assert len(out) == len(STEP_FIELDS)
-            for name, value in zip(STEP_FIELDS, out):
+            assert len(out) == len(STEP_FIELDS) + 1  # the physical values, then the cost terms' €
+            for name, value in [*zip(STEP_FIELDS, out), *zip(cost_term_names(), out.costs_eur)]:
                 assert value == pytest.approx(ref[name][i], rel=1e-12, abs=1e-9), (trial, i, name)
             assert 0.0 <= out[STEP_FIELDS.index("soc")] <= 1.0
