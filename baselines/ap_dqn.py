@@ -37,7 +37,6 @@ Train with ``examples/train_ap_dqn.py``. Library use::
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import math
 import os
@@ -52,7 +51,7 @@ import torch.nn.functional as F
 
 from mmgrid_env import DiscreteActions, parallel_env
 
-from .mappo import CheckpointError, _first_line, _load_payload, _save_payload
+from .common import CheckpointError, CsvLog, first_line, load_payload, save_payload
 
 __all__ = ["Args", "VARIANTS", "SumTree", "PrioritizedReplayBuffer", "UniformReplayBuffer", "beta_schedule",
            "importance_weights", "FeatureAttention", "QNetwork", "train", "TrainResult", "APDQNPolicy",
@@ -371,10 +370,9 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
     agent_ids_t = torch.as_tensor(agent_ids)
     dt_h = float(env.config.dt_h)
 
-    writer, fh = None, None
     if log_path is not None:
         os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-        fh = open(log_path, "w", newline="")
+    log_csv = CsvLog(log_path)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -442,12 +440,7 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
                        "loss": round(float(np.mean(losses)), 6) if losses else "",
                        "q_mean": round(float(np.mean(qs)), 4) if qs else ""}
                 log.append(row)
-                if fh is not None:
-                    if writer is None:
-                        writer = csv.DictWriter(fh, fieldnames=list(row))
-                        writer.writeheader()
-                    writer.writerow(row)
-                    fh.flush()
+                log_csv.write(row)
                 if callback is not None:
                     callback(row)
                 if bar is not None:
@@ -460,8 +453,7 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
     finally:
         if bar is not None:
             bar.close()
-        if fh is not None:
-            fh.close()
+        log_csv.close()
     return TrainResult(qnet, args, log, step, updates, time.perf_counter() - t0)
 
 
@@ -501,7 +493,7 @@ def save_checkpoint(path: str | os.PathLike, result: TrainResult) -> None:
     """``torch.save`` of {state_dict, its SHA-256, config (Args as a dict), network sizes}; loads with
     ``weights_only=True``."""
     q = result.qnet
-    _save_payload({"state_dict": q.state_dict(), "config": dataclasses.asdict(result.args),
+    save_payload({"state_dict": q.state_dict(), "config": dataclasses.asdict(result.args),
                    "n_features": int(q.n_features), "n_agents": int(q.n_agents), "n_actions": int(q.n_actions),
                    "env_steps": int(result.env_steps), "updates": int(result.updates)}, path)
 
@@ -513,7 +505,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[QNetwork, Args]:
     :func:`mmgrid_baselines.mappo.load_checkpoint`); checkpoints saved without the SHA-256 load unchecked by it.
     """
     name = os.fspath(path)
-    ck = _load_payload(path)
+    ck = load_payload(path)
     try:
         args = Args(**ck["config"])
         q = QNetwork(ck["n_features"], ck["n_agents"], ck["n_actions"], args.attention, args.hidden, args.d_model,
@@ -522,7 +514,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[QNetwork, Args]:
     except KeyError as e:  # also an unknown variant (Args.attention)
         raise CheckpointError(f"{name}: not a valid AP-DQN checkpoint (missing or unknown {e})") from e
     except (TypeError, ValueError, RuntimeError) as e:  # unknown Args fields; weights that do not fit
-        raise CheckpointError(f"{name}: not a valid AP-DQN checkpoint ({_first_line(e)})") from e
+        raise CheckpointError(f"{name}: not a valid AP-DQN checkpoint ({first_line(e)})") from e
     return q.eval(), args
 
 

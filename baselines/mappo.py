@@ -40,17 +40,10 @@ all score a day on its own. Rollouts always hold whole days, so GAE never needs 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import hashlib
 import math
 import os
-import pickle
-import struct
-import tempfile
 import time
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -61,6 +54,8 @@ from torch.distributions import Normal
 
 from mmgrid_env import parallel_env
 from mmgrid_env.control import ActionChain
+
+from .common import CheckpointError, CsvLog, first_line, load_payload, save_payload, state_dict_sha256
 
 __all__ = ["Args", "HYPERPARAMETER_SETS", "Actor", "Critic", "RunningMeanStd", "MAPPOAgent", "compute_gae",
            "ppo_losses", "train", "TrainResult", "MAPPOPolicy", "save_checkpoint", "load_checkpoint",
@@ -515,10 +510,9 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     b_done = np.zeros((T, E), np.float32)
 
     writer = _tensorboard_writer(log_dir)
-    csv_file = csv_writer = None
     if log_dir is not None:
         os.makedirs(log_dir, exist_ok=True)
-        csv_file = open(os.path.join(log_dir, "progress.csv"), "w", newline="")
+    progress_csv = CsvLog(None if log_dir is None else os.path.join(log_dir, "progress.csv"))
 
     result = TrainResult(agent=agent, args=args, env_info=env_info)
     bar = None
@@ -673,12 +667,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                    "env_steps_per_s": global_step / elapsed, "wall_s": elapsed}
             result.updates.append(row)
             if update % args.log_every_updates == 0 or update == args.num_updates:
-                if csv_file is not None:
-                    if csv_writer is None:
-                        csv_writer = csv.DictWriter(csv_file, fieldnames=list(row))
-                        csv_writer.writeheader()
-                    csv_writer.writerow(row)
-                    csv_file.flush()
+                progress_csv.write(row)
                 if writer is not None:
                     for k, v in row.items():
                         if k not in ("update", "global_step"):
@@ -688,8 +677,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     finally:
         if bar is not None:
             bar.close()
-        if csv_file is not None:
-            csv_file.close()
+        progress_csv.close()
         if writer is not None:
             writer.close()
         for env in envs:
@@ -763,88 +751,6 @@ class MAPPOPolicy:
 CHECKPOINT_FORMAT = "mmgrid-mappo/1"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used: not a checkpoint, truncated, corrupted, or of another format.
-
-    The message starts with the file's path. A missing file raises ``FileNotFoundError`` instead.
-    """
-
-
-def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
-    """SHA-256 hex digest of a state dict: every entry's name, dtype, shape and raw bytes, in name order."""
-    h = hashlib.sha256()
-    for k in sorted(state_dict):
-        t = state_dict[k].detach().cpu().contiguous()
-        h.update(f"{k}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # the bytes, whatever the dtype (bf16 too)
-    return h.hexdigest()
-
-
-def _save_payload(payload: dict[str, Any], path: str | os.PathLike) -> None:
-    """``torch.save`` with the state dict's SHA-256 added, via a temporary file renamed into place."""
-    payload = {**payload, "state_dict_sha256": state_dict_sha256(payload["state_dict"])}
-    # torch can be told to skip the zip CRC32s (set_crc32_options); loading checks them, so write them always
-    get_crc = getattr(torch.serialization, "get_crc32_options", None)
-    crc_was_off = get_crc is not None and not get_crc()
-    # the temporary file keeps path's name (torch names the archive's root folder after it), in a folder beside it
-    tmp_dir = tempfile.mkdtemp(prefix=".ckpt-", dir=os.path.dirname(os.path.abspath(path)))
-    tmp = os.path.join(tmp_dir, os.path.basename(path))
-    try:
-        if crc_was_off:
-            torch.serialization.set_crc32_options(True)
-        torch.save(payload, tmp)
-        os.replace(tmp, path)  # an interrupted save never leaves a half-written file at path
-    finally:
-        if crc_was_off:
-            torch.serialization.set_crc32_options(False)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        os.rmdir(tmp_dir)
-
-
-def _first_line(e: BaseException) -> str:
-    """``"Type: first line of the message"``: torch's unpickler errors run over many lines."""
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}"
-
-
-def _load_payload(path: str | os.PathLike) -> dict[str, Any]:
-    """The checkpoint's payload (on cpu, ``weights_only=True``) after checking the zip CRCs and the state dict hash.
-
-    torch's zip reader does not check the CRC32s it writes, so a flipped bit in the weights would load silently:
-    ``zipfile.testzip`` checks them first. Checkpoints saved before the hash existed load without that check.
-    """
-    name = os.fspath(path)
-    with open(path, "rb") as fh:  # a missing file stays FileNotFoundError
-        try:
-            with zipfile.ZipFile(fh) as zf:
-                bad = zf.testzip()
-        except (zipfile.BadZipFile, EOFError, OSError, ValueError, NotImplementedError, struct.error,
-                zlib.error) as e:
-            raise CheckpointError(f"{name}: not a valid checkpoint (not a readable zip archive: "
-                                  f"{_first_line(e)})") from e
-        if bad is not None:
-            raise CheckpointError(f"{name}: corrupted checkpoint (zip member {bad!r} fails its CRC or header check)")
-        fh.seek(0)
-        try:
-            payload = torch.load(fh, map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, KeyError,
-                IndexError, struct.error) as e:
-            raise CheckpointError(f"{name}: not a valid checkpoint ({_first_line(e)})") from e
-    if not isinstance(payload, dict) or not isinstance(payload.get("state_dict"), dict):
-        raise CheckpointError(f"{name}: not a valid checkpoint (no state_dict)")
-    stored = payload.get("state_dict_sha256")
-    if stored is not None:
-        try:
-            actual = state_dict_sha256(payload["state_dict"])
-        except (AttributeError, TypeError, RuntimeError) as e:  # an entry that is not a tensor
-            raise CheckpointError(f"{name}: not a valid checkpoint (state_dict: {_first_line(e)})") from e
-        if actual != stored:
-            raise CheckpointError(f"{name}: corrupted checkpoint (state_dict SHA-256 {actual[:16]}... differs "
-                                  f"from the stored {str(stored)[:16]}...)")
-    return payload
-
-
 def save_checkpoint(path: str | os.PathLike, agent: MAPPOAgent, args: Args, env_info: dict[str, Any],
                     extra: dict[str, Any] | None = None) -> None:
     """Save the state_dict with the config it was trained with (plain types only: loads with weights_only=True)
@@ -853,7 +759,7 @@ def save_checkpoint(path: str | os.PathLike, agent: MAPPOAgent, args: Args, env_
                "state_dict": {k: v.detach().cpu() for k, v in agent.state_dict().items()},
                "extra": dict(extra or {})}
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _save_payload(payload, path)
+    save_payload(payload, path)
 
 
 # Args fields added after the first checkpoints, with the behaviour those checkpoints were trained with.
@@ -879,7 +785,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     do not fit the network. Checkpoints saved without the SHA-256 (older code) load unchecked by it.
     """
     name = os.fspath(path)
-    payload = _load_payload(path)
+    payload = load_payload(path)
     if payload.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{name}: not a MAPPO checkpoint of format {CHECKPOINT_FORMAT!r}")
     try:
@@ -898,7 +804,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu"
     except KeyError as e:
         raise CheckpointError(f"{name}: not a valid MAPPO checkpoint (missing field {e})") from e
     except (TypeError, ValueError, RuntimeError) as e:  # load_state_dict: missing keys or wrong shapes
-        raise CheckpointError(f"{name}: not a valid MAPPO checkpoint ({_first_line(e)})") from e
+        raise CheckpointError(f"{name}: not a valid MAPPO checkpoint ({first_line(e)})") from e
     return agent.to(device).eval(), args, env_info
 
 
