@@ -96,10 +96,8 @@ class Args:
 
     # --- budget and rollout
     total_episodes: int = 30000
-    """Training episodes (days) in all, over all env copies (Table I: up to 20 000). 30 000 took 708-711 s at
-    ~1 015 env steps/s (the defaults, two runs at once on a 2-core machine, session 4; 482 s alone) and 1 898 s on
-    a slower, busier machine (session 3, without the MT rule); 20 000 cost ~4 €/day more on the test days
-    (session 1)."""
+    """Training episodes (days) in all, over all env copies (Table I: up to 20 000). 30 000 take about 8–12 min on
+    2 CPU cores (docs/performance.md); 20 000 cost ~4 €/day more on the test days (docs/results.md)."""
     buffer_size: int = 1536
     """Joint transitions (env steps) collected per update, rounded up to whole days on every env copy
     (Table I's "experience replay pool" D = 10 000). Each joint transition holds one sample per agent."""

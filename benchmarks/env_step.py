@@ -1,7 +1,7 @@
 """Env steps per second (paper preset, random actions) next to a naive reference measured in the same run.
 
 The reference is the same model with its OPF rebuilt in cvxpy at every step (``ConicOPF.solve_reference``
-without a cached problem). Also splits the default step into three parts: the solver call(s) (``solve_time_s``:
+without a cached problem). Also splits the default step into three parts: the solver call(s) (``wall_time_s``:
 Clarabel's data update and solve), the OPF's own bookkeeping around them (writing the step's vectors, building the
 result record), and the env's own work outside ``ConicOPF.solve`` (validation, device models, rewards, dicts,
 infos) — the last is what the env adds on top of the OPF.
@@ -40,7 +40,7 @@ def run(env, episodes: int, seed: int = 0):
             t0 = time.perf_counter()
             env.step(actions)
             step_times.append(time.perf_counter() - t0)
-            solver_times.append(env.last_step["opf"].solve_time_s)
+            solver_times.append(env.last_step["opf"].wall_time_s)
             opf_times.append(last.pop())
     env.opf.solve = solve
     return np.array(step_times), np.array(solver_times), np.array(opf_times)

@@ -134,7 +134,6 @@ class EnvConfig:
     ÷ price_scale. The bundled prices are day-ahead auction results, published around 12:45 CET the day before, so
     k ≤ 11 is information a real operator has at every hour (at 12:00 the next 11 hours are still today; from
     13:00 tomorrow's prices are known). Beyond the data's last hour the last price repeats."""
-    max_episode_steps: int = 24
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -266,7 +265,6 @@ def validate_config(cfg: EnvConfig) -> None:
         _check(isinstance(getattr(cfg, name), bool), f"{name} must be True or False, got {getattr(cfg, name)!r}")
     _check(isinstance(cfg.obs_price_forecast, numbers.Integral) and 0 <= int(cfg.obs_price_forecast) <= 23,
            f"obs_price_forecast must be a number of hours in 0..23 (or a bool), got {cfg.obs_price_forecast!r}")
-    _check(cfg.max_episode_steps == 24, "max_episode_steps: episodes are one day of 24 hourly steps")
 
 
 def _as_microgrid(i: int, mg: Any) -> MicrogridConfig:

@@ -120,10 +120,10 @@ class OPFResult:
     """max over edges of l − (P² + Q²)/v_from, per unit of the feeder's base (0 = the relaxation is exact)."""
     voltage_violation_pu: float
     """Largest violation of the squared-voltage limits (p.u.²), 0 when they hold."""
-    solve_time_s: float
-    """Wall time of the solver call(s) including the fallback."""
+    wall_time_s: float
+    """Wall time of the solver call(s), including a fallback and an exactness repair."""
     solver_time_s: float = 0.0
-    """The solver's own reported solve time (last solver used)."""
+    """The solver's own reported solve time (the last solver used), a part of ``wall_time_s``."""
     iterations: int = 0
     errors: list = field(default_factory=list)
     """Messages of the solvers that failed before the answer (empty on a normal step)."""
@@ -329,7 +329,7 @@ class ConicOPF:
         # the curtailment bound (the microgrid's renewable output), the shedding bound max(−p, 0) and the spill
         # bound max(p, 0)
         Z = {name: [_Affine(z={k * M + m: 1.0}) for m in range(M)]
-             for k, name in enumerate(("p", "q", "hpu", "hpd", "hqu", "hqd", "hcur", "hshd", "hspl"))}
+             for k, name in enumerate(("p", "q", "buy_room", "sell_room", "q_import_room", "q_export_room", "curtail_max", "shed_max", "spill_max"))}
         # --- variables
         self.ix: dict[str, list] = {}
         self._sl: dict[str, slice] = {}  # the same, as slices of x
@@ -349,7 +349,7 @@ class ConicOPF:
         CUR, SHD = new("cur", M), new("shd", M)  # curtailment of the microgrid's own generation, load shedding
         U = new("u", M)  # ΔQ + reactive slack
         T = new("t", M)  # epigraph of the reactive cost, in units of c_q
-        SVH, SVL = [None] + new("svh", n - 1), [None] + new("svl", n - 1)
+        SVH, SVL = [None] + new("v_slack_hi", n - 1), [None] + new("v_slack_lo", n - 1)
         SPL = new("spill", M)  # surplus that neither curtailment (generation only) nor export headroom absorbs
         S = [_Affine(c=max(0.0, 1.0 - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - 1.0))]  # the root's violation
         S += [SVH[j] + SVL[j] for j in range(1, n)]
@@ -374,13 +374,13 @@ class ConicOPF:
             rows_eq.append(V[j] - (V[i] - 2 * r[e] * Pf[e] - 2 * x[e] * Qf[e] + (r[e] ** 2 + x[e] ** 2) * L[e]))
         # inequalities (≤ 0)
         for m in range(M):
-            rows_nn += [-dpu[m], dpu[m] - Z["hpu"][m], -dpd[m], dpd[m] - Z["hpd"][m]]  # eq. 17
-            rows_nn += [-CUR[m], CUR[m] - Z["hcur"][m], -SHD[m], SHD[m] - Z["hshd"][m], -SPL[m],
-                        SPL[m] - Z["hspl"][m]]
+            rows_nn += [-dpu[m], dpu[m] - Z["buy_room"][m], -dpd[m], dpd[m] - Z["sell_room"][m]]  # eq. 17
+            rows_nn += [-CUR[m], CUR[m] - Z["curtail_max"][m], -SHD[m], SHD[m] - Z["shed_max"][m], -SPL[m],
+                        SPL[m] - Z["spill_max"][m]]
             rows_nn += [U[m] - T[m], -U[m] - T[m]]
             if k_qs > 1.0:
-                rows_nn += [k_qs * U[m] - T[m] - (k_qs - 1) * Z["hqu"][m],
-                            -k_qs * U[m] - T[m] - (k_qs - 1) * Z["hqd"][m]]
+                rows_nn += [k_qs * U[m] - T[m] - (k_qs - 1) * Z["q_import_room"][m],
+                            -k_qs * U[m] - T[m] - (k_qs - 1) * Z["q_export_room"][m]]
         v_hi, v_lo = cfg.v_max_pu ** 2, cfg.v_min_pu ** 2
         for j in range(1, n):  # eq. 16, softened
             rows_nn += [-SVH[j], -SVL[j], V[j] - SVH[j] - v_hi, -V[j] - SVL[j] + v_lo]
@@ -414,7 +414,7 @@ class ConicOPF:
         self._q_unit = u = self.base_kw * self.dt_h / self.obj_scale_eur  # €/kWh → scaled cost per p.u.
         # q = q_const + q_of_price @ [w, π⁺, −π⁻, c_q]
         self.q_const = np.zeros(n_var)
-        self.q_const[self.ix["svh"] + self.ix["svl"]] = cfg.voltage_penalty_eur_per_pu_h * self.dt_h / self.obj_scale_eur
+        self.q_const[self.ix["v_slack_hi"] + self.ix["v_slack_lo"]] = cfg.voltage_penalty_eur_per_pu_h * self.dt_h / self.obj_scale_eur
         self.q_const[self.ix["cur"]] = cfg.curtailment_cost_eur_per_kwh * u
         self.q_const[self.ix["shd"] + self.ix["spill"]] = cfg.voll_eur_per_kwh * u  # spill is priced like shedding
         self.q_of_price = np.zeros((n_var, 4))
@@ -496,8 +496,8 @@ class ConicOPF:
         if not (sl["dpu"].stop == sl["dpd"].start == sl["cur"].start - M and sl["cur"].stop == sl["shd"].start
                 and sl["shd"].stop == sl["u"].start):
             raise AssertionError("ΔP⁺, ΔP⁻, curtailment, shedding, u expected next to each other in x")
-        self._x_slices = (sl["v"], sl["l"], sl["P"], sl["Q"], slice(sl["dpu"].start, sl["u"].stop), sl["svh"],
-                          sl["svl"], sl["spill"])
+        self._x_slices = (sl["v"], sl["l"], sl["P"], sl["Q"], slice(sl["dpu"].start, sl["u"].stop), sl["v_slack_hi"],
+                          sl["v_slack_lo"], sl["spill"])
         self._root_viol = max(0.0, 1.0 - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - 1.0)  # = S[0] (__init__)
         self._r_list = self.r_pu.tolist()
         self._edge_from = frm.tolist()
@@ -854,7 +854,7 @@ class ConicOPF:
         out = np.concatenate([v, var["l"].value, var["P"].value, var["Q"].value, var["dpu"].value, var["dpd"].value,
                               var["cur"].value, var["shd"].value,
                               var["dqu"].value - var["dqd"].value + var["qsu"].value - var["qsd"].value,
-                              var["svh"].value + var["svl"].value, z[4 * M: 6 * M], var["spl"].value])
+                              var["v_slack_hi"].value + var["v_slack_lo"].value, z[4 * M: 6 * M], var["spl"].value])
         stats = prob.solver_stats
         return self._result(None, prices, STATUS_OPTIMAL, "optimal", f"cvxpy/{solver}", wall,
                             float(stats.solve_time or 0.0), int(stats.num_iters or 0), [], out=out.tolist())
@@ -899,8 +899,8 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
     P, Q = cp.Variable(E, name="P"), cp.Variable(E, name="Q")
     var = {k: cp.Variable(M, nonneg=True, name=k)
            for k in ("dpu", "dpd", "dqu", "dqd", "cur", "shd", "spl", "qsu", "qsd")}
-    svh, svl = cp.Variable(n, nonneg=True, name="svh"), cp.Variable(n, nonneg=True, name="svl")
-    var.update(v=v, l=l, P=P, Q=Q, svh=svh, svl=svl)
+    svh, svl = cp.Variable(n, nonneg=True, name="v_slack_hi"), cp.Variable(n, nonneg=True, name="v_slack_lo")
+    var.update(v=v, l=l, P=P, Q=Q, v_slack_hi=svh, v_slack_lo=svl)
     inj_p = G @ (prm["p"] + var["dpu"] - var["dpd"] - var["cur"] + var["shd"] - var["spl"])
     inj_q = G @ (prm["q"] + var["dqu"] - var["dqd"] + var["qsu"] - var["qsd"])
     cons = [

@@ -256,8 +256,8 @@ class DayOracle:
                   ("cha", "dis", "dpu", "dpd", "dqu", "dqd", "cur", "shd", "spl", "qsu", "qsd")})
         V["soc"] = cp.Variable((T + 1, M), name="soc")
         V["v"] = cp.Variable((T, n), name="v")
-        V["svh"] = cp.Variable((T, n), nonneg=True, name="svh")
-        V["svl"] = cp.Variable((T, n), nonneg=True, name="svl")
+        V["v_slack_hi"] = cp.Variable((T, n), nonneg=True, name="v_slack_hi")
+        V["v_slack_lo"] = cp.Variable((T, n), nonneg=True, name="v_slack_lo")
         if E:
             V["l"] = cp.Variable((T, E), name="l")
             V["P"] = cp.Variable((T, E), name="P")
@@ -285,7 +285,7 @@ class DayOracle:
         inj_p = (p_net + V["dpu"] - V["dpd"] - V["cur"] + V["shd"] - V["spl"]) @ G  # (T, n)
         inj_q = (q_net + V["dqu"] - V["dqd"] + V["qsu"] - V["qsd"]) @ G
         cons += [V["v"][:, 0] == 1.0,
-                 V["v"] <= o.v_max_pu ** 2 + V["svh"], V["v"] >= o.v_min_pu ** 2 - V["svl"]]
+                 V["v"] <= o.v_max_pu ** 2 + V["v_slack_hi"], V["v"] >= o.v_min_pu ** 2 - V["v_slack_lo"]]
         if E:
             l, P, Q, v = V["l"], V["P"], V["Q"], V["v"]
             r_row, x_row = np.tile(r, (T, 1)), np.tile(x, (T, 1))
@@ -314,7 +314,7 @@ class DayOracle:
                           + o.voll_eur_per_kwh * cp.sum(V["shd"] + V["spl"])
                           + o.curtailment_cost_eur_per_kwh * cp.sum(V["cur"])
                           + cp.sum(cp.multiply(par["c_qs"], V["qsu"] + V["qsd"])))
-        f_up = f_up + dt * o.voltage_penalty_eur_per_pu_h * cp.sum(V["svh"] + V["svl"])
+        f_up = f_up + dt * o.voltage_penalty_eur_per_pu_h * cp.sum(V["v_slack_hi"] + V["v_slack_lo"])
         if E:
             f_up = f_up + bk * dt * cp.sum(cp.multiply(par["w"], cp.multiply(np.tile(r, (T, 1)), V["l"])))
         soc_next = V["soc"][1:]
@@ -415,7 +415,7 @@ class DayOracle:
         loss_kw, loss_cost, v_pen = np.zeros(T), np.zeros(T), np.zeros(T)
         gap = np.zeros(T)
         v = val("v")
-        svh, svl = np.maximum(val("svh"), 0), np.maximum(val("svl"), 0)
+        svh, svl = np.maximum(val("v_slack_hi"), 0), np.maximum(val("v_slack_lo"), 0)
         if net.n_edges:
             l, P, Q = np.maximum(val("l"), 0.0), val("P"), val("Q")
         for t in range(T):

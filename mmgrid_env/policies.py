@@ -52,6 +52,7 @@ import numpy as np
 
 from . import control
 from .config import EnvConfig, make_config
+from .data import HOURS_PER_DAY
 from .devices import fleet_from_config
 
 __all__ = ["RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "POLICIES", "rule_based_day_ahead"]
@@ -92,7 +93,7 @@ class RuleBasedPolicy:
         self.band, self.end_hours = float(band), int(end_hours)
         self.fleet = fleet_from_config(cfg)
         self.dt = float(cfg.dt_h)
-        self.steps_per_day = int(cfg.max_episode_steps)
+        self.steps_per_day = HOURS_PER_DAY
         self._prices: deque = deque(maxlen=int(window) - self.forecast_h)
         self._t = 0
 
