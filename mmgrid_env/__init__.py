@@ -17,7 +17,7 @@ from .data import Dataset, DataError, load_dataset
 from .env import AGENT_INFO_KEYS, SYSTEM_INFO_KEYS, MultiMicrogridEnv
 from .network import Network, NetworkError, build_network
 from . import control
-from .wrappers import DiscreteActions
+from .wrappers import DiscreteActions, SafetyCosts
 from .policies import POLICIES, RandomPolicy, RuleBasedPolicy, ZeroPolicy, make_policy, rule_based_day_ahead
 from .opf import (STATUS_FALLBACK_SOLVER, STATUS_OPTIMAL, STATUS_SAFE_DISPATCH, ConicOPF, OPFResult,
                   balancing_prices)
@@ -30,6 +30,7 @@ __all__ = [
     "build_network", "ConicOPF", "OPFResult", "balancing_prices", "STATUS_OPTIMAL", "STATUS_FALLBACK_SOLVER",
     "STATUS_SAFE_DISPATCH", "AGENT_INFO_KEYS", "SYSTEM_INFO_KEYS", "__version__", "DiscreteActions",
     "RuleBasedPolicy", "ZeroPolicy", "RandomPolicy", "make_policy", "rule_based_day_ahead", "POLICIES", "control",
+    "SafetyCosts",
 ]
 
 

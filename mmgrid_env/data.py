@@ -25,7 +25,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-__all__ = ["Dataset", "load_dataset", "DataError", "BUNDLED_DATASETS", "HOURS_PER_DAY", "PRICE_MIN_EUR_PER_MWH",
+__all__ = ["Dataset", "load_dataset", "DataError", "BUNDLED_DATASETS", "HOURS_PER_DAY", "SPLITS", "STRESS_SPLITS", "PRICE_MIN_EUR_PER_MWH",
            "PRICE_MAX_EUR_PER_MWH", "PRICE_KWH_SUSPECT_EUR_PER_MWH"]
 
 HOURS_PER_DAY = 24
@@ -44,6 +44,21 @@ PRICE_MAX_EUR_PER_MWH = 10000.0
 # real market never stays within ±1 €/MWh for a whole dataset). All-zero prices are legitimate (free energy).
 PRICE_KWH_SUSPECT_EUR_PER_MWH = 1.0
 KWH_PER_MWH = 1000.0
+
+
+STRESS_SPLITS = {
+    "test_negative_price": "test days with at least one negative price hour",
+    "test_high_price": "the fifth of the test days with the highest mean price",
+    "test_price_spread": "the fifth of the test days with the largest price spread (max − min)",
+    "test_high_load": "the fifth of the test days with the highest mean load",
+    "test_low_renewables": "the fifth of the test days with the least PV + wind (dunkelflaute)",
+}
+"""Evaluation-only splits, subsets of the test days (never trained on), defined from the data."""
+
+SPLITS = ("train", "validation", "test", "all", *STRESS_SPLITS)
+"""Every split name :meth:`Dataset.split_days` knows. Train / validation / test are disjoint: test = index % 5 == 4
+(unchanged since v0, so earlier test numbers stay comparable), validation = index % 10 == 1 (every season), train =
+the rest."""
 
 
 class DataError(ValueError):
@@ -173,22 +188,49 @@ class Dataset:
 
     @property
     def test_days(self) -> np.ndarray:
-        """Indices of the test days (every 5th: index % 5 == 4)."""
-        return np.arange(self.n_days)[np.arange(self.n_days) % 5 == 4]
+        """Indices of the test days (every 5th: index % 5 == 4), scored once, at the end."""
+        return self.split_days("test")
+
+    @property
+    def validation_days(self) -> np.ndarray:
+        """Indices of the validation days (index % 10 == 1: every season), where defaults are chosen."""
+        return self.split_days("validation")
 
     @property
     def train_days(self) -> np.ndarray:
-        """Indices of the training days (all the others)."""
-        return np.arange(self.n_days)[np.arange(self.n_days) % 5 != 4]
+        """Indices of the training days (neither test nor validation)."""
+        return self.split_days("train")
 
     def split_days(self, split: str) -> np.ndarray:
-        if split == "train":
-            return self.train_days
+        """Day indices of a split: ``"train"``, ``"validation"``, ``"test"``, ``"all"`` or a stress split
+        (:data:`STRESS_SPLITS`: subsets of the test days, defined from the data)."""
+        idx = np.arange(self.n_days)
         if split == "test":
-            return self.test_days
+            return idx[idx % 5 == 4]
+        if split == "validation":
+            return idx[(idx % 10 == 1)]
+        if split == "train":
+            return idx[(idx % 5 != 4) & (idx % 10 != 1)]
         if split == "all":
-            return np.arange(self.n_days)
-        raise ValueError(f"split must be 'train', 'test' or 'all', got {split!r}")
+            return idx
+        if split in STRESS_SPLITS:
+            return self._stress_days(split)
+        raise ValueError(f"unknown split {split!r}; known: {list(SPLITS)}")
+
+    def _stress_days(self, split: str) -> np.ndarray:
+        """The test days ranked by the split's statistic; the worst fifth (at least one day), or, for
+        ``test_negative_price``, every test day with a negative price."""
+        test = self.split_days("test")
+        price = self.price_eur_per_kwh[test]
+        if split == "test_negative_price":
+            return test[np.any(price < 0.0, axis=1)]
+        stat = {"test_high_price": price.mean(axis=1),
+                "test_price_spread": price.max(axis=1) - price.min(axis=1),
+                "test_high_load": self.load_pu[test].mean(axis=1),
+                "test_low_renewables": -(self.pv_pu[test] + self.wind_pu[test]).mean(axis=1)}[split]
+        k = max(1, int(math.ceil(len(test) / 5)))
+        worst = np.argsort(-stat, kind="stable")[:k]  # ties: the earlier day first
+        return np.sort(test[worst])
 
     @classmethod
     def from_arrays(cls, pv_pu: Sequence, wind_pu: Sequence, load_pu: Sequence, price_eur_per_mwh: Sequence,

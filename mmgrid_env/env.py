@@ -53,9 +53,10 @@ class _StepRecord:
 
 SYSTEM_INFO_KEYS = (
     "hour", "day", "cost_upper_eur", "loss_kw", "loss_cost_eur", "voltage_penalty_eur", "cost_total_eur",
-    "team_reward", "relaxation_gap_pu", "opf_status", "opf_exactness_repair",
+    "team_reward", "relaxation_gap_pu", "voltage_violation_pu", "opf_status", "opf_exactness_repair",
 )
 """System-wide keys, the same in every agent's info. ``cost_total_eur`` = Σ lower-layer € + upper-layer €;
+``voltage_violation_pu``: the largest violation of the squared-voltage limits (p.u.², 0 when they hold);
 ``opf_status``: 0 optimal, 1 fallback solver, 2 safe dispatch (see :mod:`mmgrid_env.opf`);
 ``opf_exactness_repair``: 1 when the step was re-solved with losses priced above VOLL because its relaxation gap
 exceeded 1e-6 p.u. (a surplus that only spill could absorb), −1 when that did not help, else 0. Infos hold only
@@ -120,10 +121,12 @@ class MultiMicrogridEnv(ParallelEnv):
 
     ## Starting State
 
-    ``reset(seed=None, options=None)`` picks a day: ``options={"day": k}`` pins day index k; otherwise a day is drawn
-    with the env's RNG from ``options["split"]`` (``"train"`` default, ``"test"``, ``"all"``). Test days are every
-    5th day (index % 5 == 4): 293 train / 73 test days in the bundled 2024 data. SoC starts at ``soc_init``
-    (``options={"soc": [...]}`` overrides it).
+    ``reset(seed=None, options=None)`` picks a day: ``options={"day": k}`` pins day index k (with a ``"split"`` too,
+    k must belong to it: a test-day evaluation never silently runs a train day); otherwise a day is drawn with the
+    env's RNG from ``options["split"]`` (``"train"`` default, ``"validation"``, ``"test"``, ``"all"`` or a stress
+    split, see :data:`mmgrid_env.data.STRESS_SPLITS`). Test days are every 5th day (index % 5 == 4), validation
+    days index % 10 == 1: 256 train / 37 validation / 73 test days in the bundled 2024 data. SoC starts at
+    ``soc_init`` (``options={"soc": [...]}`` overrides it).
 
     ## Episode End
 
@@ -282,8 +285,8 @@ class MultiMicrogridEnv(ParallelEnv):
         if unknown:  # ignored, not raised: generic tools (PettingZoo's API test) pass options of their own
             warnings.warn(f"reset ignores unknown option(s) {sorted(unknown)}; known: 'day', 'split', 'soc'",
                           stacklevel=2)
-        split = options.get("split", "train")
-        days = self.dataset.split_days(split)
+        split = options.get("split")
+        days = self.dataset.split_days("train" if split is None else split)
         if options.get("day") is not None:
             day = options["day"]
             if not isinstance(day, numbers.Integral) or isinstance(day, bool):
@@ -293,6 +296,9 @@ class MultiMicrogridEnv(ParallelEnv):
             if not 0 <= day < self.dataset.n_days:
                 raise ValueError(f"options['day']={day} is out of range: the dataset has days 0.."
                                  f"{self.dataset.n_days - 1}")
+            if split is not None and day not in set(days.tolist()):
+                raise ValueError(f"options['day']={day} is not a {split!r} day ({len(days)} days, e.g. "
+                                 f"{days[:3].tolist()}); pass the split the day belongs to, or no split")
         else:
             day = int(self._rng.choice(days))
         soc = self.fleet.soc_init.copy()
@@ -408,7 +414,8 @@ class MultiMicrogridEnv(ParallelEnv):
             "hour": float(hour), "day": float(day), "cost_upper_eur": cost_upper, "loss_kw": opf.losses_kw,
             "loss_cost_eur": opf.loss_cost_eur, "voltage_penalty_eur": opf.voltage_penalty_eur,
             "cost_total_eur": math.fsum(cost_lower) + cost_upper, "team_reward": team,
-            "relaxation_gap_pu": opf.relaxation_gap_pu, "opf_status": float(opf.status_code),
+            "relaxation_gap_pu": opf.relaxation_gap_pu, "voltage_violation_pu": opf.voltage_violation_pu,
+            "opf_status": float(opf.status_code),
             "opf_exactness_repair": float(opf.exactness_repair),
         }
         agents = self.possible_agents

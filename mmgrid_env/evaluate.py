@@ -46,6 +46,8 @@ Command line (also the console script ``mmgrid-evaluate``)::
 ``opf_fallback_steps``      steps where the OPF needed its fallback solver or safe dispatch (status ≠ 0)
 ``team_return``             Σ of the team reward r_t
 ``oracle_objective_eur``    the oracle's optimum for the day (``oracle=True`` only)
+``random_objective_eur``    the random policy's objective on the day (``oracle=True`` only; seeded per day)
+``normalised_score``        (random − objective) / (random − oracle): 0 = random, 1 = oracle (``oracle=True``)
 ``optimality_gap``          (objective − oracle objective) / |oracle objective|  (``oracle=True`` only)
 ``wall_s``                  wall time of the day's 24 steps (policy + env)
 ==========================  ==============================================================================
@@ -71,7 +73,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from .config import EnvConfig, presets
-from .data import load_dataset
+from .data import SPLITS, STRESS_SPLITS, load_dataset
 from .env import MultiMicrogridEnv
 
 __all__ = ["evaluate", "EvaluationResult", "compare_table", "run_day", "ROW_COLUMNS", "main"]
@@ -79,8 +81,9 @@ __all__ = ["evaluate", "EvaluationResult", "compare_table", "run_day", "ROW_COLU
 ROW_COLUMNS = (
     "day", "date", "objective_eur", "cost_eur", "cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_upper_eur",
     "loss_cost_eur", "balancing_eur", "voltage_penalty_eur", "soc_penalty_eur", "curtailment_kwh", "shedding_kwh",
-    "spill_kwh", "soc_violation_rate", "relaxation_gap_mean_pu", "relaxation_gap_max_pu", "opf_fallback_steps", "team_return",
-    "oracle_objective_eur", "oracle_cost_eur", "optimality_gap", "wall_s",
+    "spill_kwh", "soc_violation_rate", "relaxation_gap_mean_pu", "relaxation_gap_max_pu", "opf_fallback_steps",
+    "team_return", "oracle_objective_eur", "oracle_cost_eur", "optimality_gap", "random_objective_eur",
+    "normalised_score", "wall_s",
 )
 """Columns of a per-day row, in order (the oracle columns are NaN without ``oracle=True``)."""
 
@@ -203,7 +206,8 @@ class EvaluationResult:
                 "relaxation_gap_mean_pu": float(np.mean(d["relaxation_gap_pu"])),
                 "relaxation_gap_max_pu": float(np.max(d["relaxation_gap_pu"])), "opf_fallback_steps": 0,
                 "team_return": -res.objective_eur, "oracle_objective_eur": res.objective_eur,
-                "oracle_cost_eur": res.cost_eur, "optimality_gap": 0.0, "wall_s": res.solve_time_s,
+                "oracle_cost_eur": res.cost_eur, "optimality_gap": 0.0, "random_objective_eur": float("nan"),
+                "normalised_score": 1.0, "wall_s": res.solve_time_s,
             }
             rows.append(row)
         return cls(name=name, rows=rows, split="custom", config=config)
@@ -230,6 +234,8 @@ def _fmt(v, col: str) -> str:
         return f"{100 * float(v):.2f} %"
     if col.endswith("_pu"):
         return f"{float(v):.1e}"
+    if col == "normalised_score":
+        return f"{float(v):.3f}"
     if col.endswith("_s"):
         return f"{float(v):.3f}"
     return f"{float(v):.2f}"
@@ -311,7 +317,8 @@ def run_day(env: MultiMicrogridEnv, policy: Policy, day: int, seed: int | None =
         "relaxation_gap_mean_pu": float(np.mean(gaps)) if gaps else 0.0,
         "relaxation_gap_max_pu": float(np.max(gaps)) if gaps else 0.0, "opf_fallback_steps": fallback,
         "team_return": acc["team_return"], "oracle_objective_eur": float("nan"), "oracle_cost_eur": float("nan"),
-        "optimality_gap": float("nan"), "wall_s": time.perf_counter() - t0,
+        "optimality_gap": float("nan"), "random_objective_eur": float("nan"), "normalised_score": float("nan"),
+        "wall_s": time.perf_counter() - t0,
     }
     if oracle_result is not None:
         o = oracle_result.objective_eur
@@ -336,13 +343,16 @@ def evaluate(policy: Policy | str, split: str = "test", days: Sequence[int] | No
             present, see the module docs), or a name: ``"rule_based"``, ``"rule_based_day_ahead"``, ``"zero"``,
             ``"random"`` (from :mod:`mmgrid_env.policies`, built for this env) or ``"oracle"`` (the
             oracle's dispatch replayed through the env).
-        split: ``"test"`` (default, 73 days in the bundled data), ``"train"`` or ``"all"``.
+        split: ``"test"`` (default, 73 days in the bundled data), ``"validation"``, ``"train"``, ``"all"`` or a
+            stress split (:data:`mmgrid_env.data.STRESS_SPLITS`).
         days: dataset day indices to run instead of a split (as in ``env.reset(options={"day": k})``).
         seed: passed to the first ``env.reset`` (and to the ``"random"`` policy).
         config: an :class:`EnvConfig` or preset name (default ``"paper"``); ``env_overrides`` are passed to the
             env as in :func:`mmgrid_env.parallel_env` (e.g. ``beta=10``, ``opf={...}``).
         oracle: also solve each day's oracle (:func:`mmgrid_env.oracle.solve_day`, memoised in the process and
-            cached on disk under ``oracle_cache_dir`` if given) and fill the oracle columns and the optimality gap.
+            cached on disk under ``oracle_cache_dir`` if given) and run the random reference
+            (:func:`mmgrid_env.protocol.random_reference`, cached there too): fill the oracle columns, the
+            optimality gap and the normalised score.
         progress: show a tqdm progress bar (on stderr) when more than one day runs.
         record: ``True`` records every day's trajectory, or an iterable of days to record
             (:attr:`EvaluationResult.trajectories`, the input of :mod:`mmgrid_env.plotting`).
@@ -391,6 +401,12 @@ def evaluate(policy: Policy | str, split: str = "test", days: Sequence[int] | No
             orc = solve_day(env.config, d, cache_dir=oracle_cache_dir)
         row, traj = run_day(env, policy, d, seed=seed if i == 0 else None, record=d in rec, oracle_result=orc)
         rows.append(row)
+        if oracle:
+            from .protocol import normalised_score, random_reference
+
+            r = random_reference(env.config, [d], cache_dir=oracle_cache_dir)[d]
+            row["random_objective_eur"] = r
+            row["normalised_score"] = normalised_score(row["objective_eur"], row["oracle_objective_eur"], r)
         if traj is not None:
             traj["policy"] = label
             trajs[d] = traj
@@ -403,9 +419,9 @@ def evaluate(policy: Policy | str, split: str = "test", days: Sequence[int] | No
 
 
 # ---------------------------------------------------------------------------------------------------- comparison
-COMPARE_COLUMNS = ("n_days", "objective_eur", "optimality_gap", "cost_eur", "cost_grid_eur", "cost_mt_eur",
-                   "cost_ess_eur", "cost_upper_eur", "soc_penalty_eur", "shedding_kwh", "curtailment_kwh",
-                   "soc_violation_rate", "relaxation_gap_max_pu")
+COMPARE_COLUMNS = ("n_days", "normalised_score", "objective_eur", "optimality_gap", "cost_eur", "cost_grid_eur",
+                   "cost_mt_eur", "cost_ess_eur", "cost_upper_eur", "soc_penalty_eur", "shedding_kwh", "spill_kwh",
+                   "curtailment_kwh", "soc_violation_rate", "relaxation_gap_max_pu")
 """Default columns of :func:`compare_table` (means over the common days)."""
 
 
@@ -475,12 +491,15 @@ def main(argv: Sequence[str] | None = None) -> int:
                    choices=["rule_based", "rule_based_day_ahead", "zero", "random", "oracle"],
                    help="one or more policies (rule_based_day_ahead needs a preset with a price forecast, "
                         "e.g. --preset paper_day_ahead)")
-    p.add_argument("--split", default="test", choices=["test", "train", "all"])
+    p.add_argument("--split", default="test", choices=list(SPLITS),
+                   help="days to evaluate: test (default), validation, train, all, or a stress split (subsets of the "
+                        "test days: " + ", ".join(STRESS_SPLITS) + ")")
     p.add_argument("--days", type=int, nargs="+", default=None, help="dataset day indices (overrides --split)")
     p.add_argument("--oracle", action="store_true", help="solve each day's oracle: optimality gaps")
     p.add_argument("--preset", default="paper", choices=sorted(presets), help="config preset (default: paper)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="folder for <policy>.csv/.json, comparison.md and plots")
+    p.add_argument("--out", default=None, help="folder for <policy>.csv/.json, the run record <policy>.record.json, "
+                                               "comparison.md and plots")
     p.add_argument("--cache-dir", default=None,
                    help="oracle cache folder (default: <out>/oracle_cache when --out is given)")
     p.add_argument("--plot-day", type=int, default=None, help="record this day and save its plots to --out")
@@ -511,8 +530,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(res.table())
             print()
         if args.out:
+            from .protocol import run_record, write_run_record
+
             res.to_csv(os.path.join(args.out, f"{name}.csv"))
             res.to_json(os.path.join(args.out, f"{name}.json"))
+            write_run_record(run_record([res], policy=name, hyperparameters={"preset": args.preset}),
+                             os.path.join(args.out, f"{name}.record.json"))
         if args.out and args.plot_day is not None and args.plot_day in res.trajectories:
             from .plotting import plot_day
 

@@ -163,15 +163,28 @@ class ZeroPolicy:
         return {a: np.zeros(4, np.float32) for a in observations}
 
 
+RANDOM_DAY_SEED = 20_240_101
+"""Bound to an env, :class:`RandomPolicy` plays day k with ``default_rng(RANDOM_DAY_SEED + seed + k)``."""
+
+
 class RandomPolicy:
-    """Uniform random actions in [-1, 1]⁴ from ``numpy.random.default_rng(seed)`` (the stream runs on across days)."""
+    """Uniform random actions in [-1, 1]⁴. Bound to an env (``bind_env``, as the evaluation harness does), each
+    day is played from ``numpy.random.default_rng(RANDOM_DAY_SEED + seed + day)``, so a day's actions do not depend
+    on which days ran before (this is the 0 of the normalised score, :mod:`mmgrid_env.protocol`); unbound, one
+    stream from ``default_rng(seed)`` runs on across days."""
 
     def __init__(self, env_or_config=None, seed: int = 0):
         _, self.agents = _config_and_agents(env_or_config)
+        self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
+        self._env = None
+
+    def bind_env(self, env) -> None:
+        self._env = getattr(env, "unwrapped", env)
 
     def reset(self) -> None:
-        pass
+        if self._env is not None:
+            self.rng = np.random.default_rng(RANDOM_DAY_SEED + self.seed + int(self._env.day))
 
     def __call__(self, observations: dict) -> dict:
         return {a: self.rng.uniform(-1.0, 1.0, 4).astype(np.float32) for a in observations}

@@ -24,7 +24,7 @@ from pettingzoo import ParallelEnv
 
 from . import control
 
-__all__ = ["DiscreteActions", "PAPER_ESS_LEVELS"]
+__all__ = ["DiscreteActions", "PAPER_ESS_LEVELS", "SafetyCosts", "CONSTRAINT_KEYS"]
 
 PAPER_ESS_LEVELS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 10).tolist())
 """The paper's ESS levels {-1, -0.8, …, 0.8, 1} as a fraction of rated power (+ discharge, − charge)."""
@@ -253,3 +253,85 @@ def _describe(value: Any) -> str:
     if len(text) > 60:
         text = text[:57] + "..."
     return f"{text} ({type(value).__name__})"
+
+
+CONSTRAINT_KEYS = {
+    "soc_violation": "cons(SoC_{t+1}): SoC outside its operational band [soc_min, soc_max] (fraction of capacity)",
+    "shedding_kw": "load shed at this microgrid (kW for the hour = kWh)",
+    "spill_kw": "surplus spilled at this microgrid (kWh)",
+    "voltage_violation_pu": "largest squared-voltage limit violation on the network (p.u.², shared by all agents)",
+    "relaxation_gap_pu": "the OPF's relaxation gap (p.u.; > 1e-6: the answer is not physical; shared)",
+}
+"""The constraint amounts every step's ``infos[agent]`` carries (all ≥ 0; 0 when the constraint holds)."""
+
+
+class SafetyCosts(ParallelEnv):
+    """Safety-Gymnasium-style constraint costs: each step's ``infos[agent]["cost"]`` for constrained RL.
+
+    The env's rewards are unchanged; the cost is a separate signal built from the constraint amounts that the infos
+    already carry (:data:`CONSTRAINT_KEYS`). ``mode="indicator"`` (default): 1.0 when any of the agent's amounts
+    exceeds its tolerance (``tolerances``, default 1e-6 for each), else 0.0 — the Safety-Gymnasium convention, so
+    a cost budget is a number of violating steps. ``mode="amount"``: Σ weight·amount (``weights``, default 1 for
+    each), e.g. kWh shed and spilled. ``infos[agent]["costs"]`` holds the amounts by name either way.
+
+    >>> from mmgrid_env import parallel_env
+    >>> from mmgrid_env.wrappers import SafetyCosts
+    >>> env = SafetyCosts(parallel_env())
+    >>> obs, infos = env.reset(seed=0)
+    >>> obs, rew, term, trunc, infos = env.step({a: env.action_space(a).sample() for a in env.agents})
+    >>> infos["mg_0"]["cost"] in (0.0, 1.0)
+    True
+    """
+
+    def __init__(self, env: ParallelEnv, mode: str = "indicator", weights: dict | None = None,
+                 tolerances: dict | None = None):
+        super().__init__()
+        if mode not in ("indicator", "amount"):
+            raise ValueError(f"mode must be 'indicator' or 'amount', got {mode!r}")
+        for name, d in (("weights", weights), ("tolerances", tolerances)):
+            unknown = sorted(set(d or {}) - set(CONSTRAINT_KEYS))
+            if unknown:
+                raise ValueError(f"{name}: unknown constraint(s) {unknown}; known: {sorted(CONSTRAINT_KEYS)}")
+        self.env, self.mode = env, mode
+        self.weights = {k: 1.0 for k in CONSTRAINT_KEYS} | dict(weights or {})
+        self.tolerances = {k: 1e-6 for k in CONSTRAINT_KEYS} | dict(tolerances or {})
+        self.metadata = dict(getattr(env, "metadata", {}))
+        self.render_mode = getattr(env, "render_mode", None)
+
+    possible_agents = property(lambda self: self.env.possible_agents)
+    agents = property(lambda self: self.env.agents)
+    unwrapped = property(lambda self: self.env.unwrapped)
+    state_space = property(lambda self: self.env.state_space)
+
+    def observation_space(self, agent: str):
+        return self.env.observation_space(agent)
+
+    def action_space(self, agent: str):
+        return self.env.action_space(agent)
+
+    def state(self):
+        return self.env.state()
+
+    def render(self):
+        return self.env.render()
+
+    def close(self):
+        return self.env.close()
+
+    def _with_costs(self, infos: dict) -> dict:
+        for info in infos.values():
+            amounts = {k: max(float(info[k]), 0.0) for k in CONSTRAINT_KEYS}
+            info["costs"] = amounts
+            if self.mode == "indicator":
+                info["cost"] = float(any(v > self.tolerances[k] for k, v in amounts.items()))
+            else:
+                info["cost"] = float(sum(self.weights[k] * v for k, v in amounts.items()))
+        return infos
+
+    def reset(self, seed: int | None = None, options: dict | None = None):
+        obs, infos = self.env.reset(seed=seed, options=options)
+        return obs, self._with_costs(infos)
+
+    def step(self, actions: dict):
+        obs, rew, term, trunc, infos = self.env.step(actions)
+        return obs, rew, term, trunc, self._with_costs(infos)

@@ -126,8 +126,12 @@ def test_info_keys_are_numeric_and_stable():
 def test_reset_day_and_split():
     e = parallel_env()
     ds = e.dataset
-    assert ds.n_days == 366 and len(ds.train_days) == 293 and len(ds.test_days) == 73
-    assert all(d % 5 == 4 for d in ds.test_days) and not set(ds.train_days) & set(ds.test_days)
+    assert ds.n_days == 366 and len(ds.train_days) == 256 and len(ds.validation_days) == 37
+    assert len(ds.test_days) == 73 and all(d % 5 == 4 for d in ds.test_days)
+    parts = [set(ds.train_days.tolist()), set(ds.validation_days.tolist()), set(ds.test_days.tolist())]
+    assert set.union(*parts) == set(range(366)) and sum(map(len, parts)) == 366  # disjoint, complete
+    months = {int(ds.days[d][5:7]) for d in ds.validation_days}
+    assert months == set(range(1, 13))  # validation days in every month
     for seed in range(20):
         e.reset(seed=seed, options={"split": "test"})
         assert e.day % 5 == 4
@@ -142,8 +146,16 @@ def test_reset_day_and_split():
     assert obs["mg_0"][3] == pytest.approx(ds.price_eur_per_kwh[10, 0] / 0.1, rel=1e-6)
     with pytest.raises(ValueError, match="out of range"):
         e.reset(options={"day": 366})
-    with pytest.raises(ValueError, match="split"):
-        e.reset(options={"split": "validation"})
+    with pytest.raises(ValueError, match="unknown split 'valid'"):
+        e.reset(options={"split": "valid"})
+    # a pinned day must belong to the split it is asked for: a test evaluation never runs a train day
+    with pytest.raises(ValueError, match="not a 'test' day"):
+        e.reset(options={"split": "test", "day": 0})
+    e.reset(options={"split": "test", "day": 4})
+    assert e.day == 4
+    for seed in range(10):
+        e.reset(seed=seed, options={"split": "validation"})
+        assert e.day % 10 == 1
 
 
 # ---------------------------------------------------------------------------------------------- determinism

@@ -1,0 +1,279 @@
+"""The benchmark protocol: normalised scores, aggregates with confidence intervals, and run records.
+
+**Normalised score** of a policy on a day: ``(J_random − J) / (J_random − J_oracle)``, J the day's objective
+(``objective_eur``: the € cost plus the SoC penalty). 0 is the random policy (uniform actions, seeded per day), 1
+the perfect-foresight oracle; above 1 is impossible up to the oracle's replay error. Unlike the € cost, whose scale
+differs from day to day (a 10 € loss is 1 % of a winter day and 20 % of a negative-price day), every day weighs
+the same.
+
+**Aggregates** over days and seeds (:func:`aggregate`): the mean, the median and the interquartile mean (IQM: the
+mean of the middle 50 % of all (seed, day) scores, robust to a few extreme days) with 95 % confidence intervals
+from rliable's stratified bootstrap (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"). The
+resampling unit is the **day** (days are a sample of the weather and prices a policy will meet), stratified by
+seed; with one seed that is a plain bootstrap over days.
+
+**Run records** (:func:`run_record`, :func:`write_run_record`): one JSON per evaluated policy with everything
+needed to trace a number: package and env version, git revision, the full config, the policy and its
+hyper-parameters, seed, split, per-day rows and the aggregates. :func:`results_table` rebuilds a table from
+records (``python -m mmgrid_env.protocol records/*.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import glob
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import warnings
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from .policies import RANDOM_DAY_SEED
+
+__all__ = ["normalised_score", "random_reference", "aggregate", "run_record", "write_run_record",
+           "read_run_record", "results_table", "RANDOM_REFERENCE_SEED", "RECORD_FORMAT", "main"]
+
+RANDOM_REFERENCE_SEED = RANDOM_DAY_SEED
+"""The random reference of day k is ``RandomPolicy(seed=0)`` bound to the env: ``default_rng(RANDOM_REFERENCE_SEED
++ k)``, so a day's reference does not depend on which other days are evaluated; ``evaluate("random", seed=0)``
+plays exactly these actions."""
+RECORD_FORMAT = "mmgrid-run-record/1"
+
+
+def normalised_score(objective_eur: float, oracle_objective_eur: float, random_objective_eur: float) -> float:
+    """(J_random − J) / (J_random − J_oracle): 0 = random, 1 = oracle; NaN when the two references coincide."""
+    span = random_objective_eur - oracle_objective_eur
+    if not (math.isfinite(span) and span > 0.0):
+        return float("nan")
+    return (random_objective_eur - objective_eur) / span
+
+
+_RANDOM_MEMO: dict[tuple[str, int], float] = {}
+
+
+def random_reference(config, days: Sequence[int], cache_dir: str | os.PathLike | None = None,
+                     **env_overrides: Any) -> dict[int, float]:
+    """The random policy's objective (€) on each day, memoised in the process and cached in ``cache_dir``
+    (``random_<config-hash>.json``) if given: ``RandomPolicy(seed=0)`` bound to the env (day k's actions from
+    ``default_rng(RANDOM_REFERENCE_SEED + k)``), what ``evaluate("random", seed=0)`` plays."""
+    from .env import MultiMicrogridEnv
+    from .evaluate import run_day
+    from .oracle import config_hash
+    from .policies import RandomPolicy
+
+    env = MultiMicrogridEnv(config, **env_overrides)
+    key = config_hash(env.config)
+    path = None if cache_dir is None else os.path.join(os.fspath(cache_dir), f"random_{key}.json")
+    stored: dict[str, float] = {}
+    if path is not None and os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+    out, new = {}, False
+    for d in (int(d) for d in days):
+        if (key, d) not in _RANDOM_MEMO:
+            if str(d) in stored:
+                _RANDOM_MEMO[key, d] = float(stored[str(d)])
+            else:
+                policy = RandomPolicy(env, seed=0)
+                policy.bind_env(env)
+                row, _ = run_day(env, policy, d)
+                _RANDOM_MEMO[key, d] = row["objective_eur"]
+                new = True
+        out[d] = _RANDOM_MEMO[key, d]
+    if path is not None and new:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        stored.update({str(d): v for d, v in out.items()})
+        with open(path, "w") as f:
+            json.dump(stored, f, indent=0, sort_keys=True)
+    return out
+
+
+def aggregate(scores: Any, reps: int = 2000, seed: int = 0) -> dict[str, float]:
+    """Mean, median and IQM of ``scores`` (shape (n_seeds, n_days), or (n_days,) for one seed) with 95 %
+    stratified-bootstrap confidence intervals (rliable; days resampled within each seed). NaN scores are dropped
+    by day (a day with a NaN on any seed leaves out). Deterministic for a given ``seed``."""
+    try:
+        from rliable import library as rly
+        from rliable import metrics
+    except ImportError as exc:  # pragma: no cover - rliable is in the dev/baselines/protocol extras
+        raise ImportError("aggregate() needs rliable: pip install 'mmgrid-env[protocol]'") from exc
+    s = np.atleast_2d(np.asarray(scores, float))
+    s = s[:, np.all(np.isfinite(s), axis=0)]
+    if s.size == 0:
+        nan = float("nan")
+        return {"n": 0, "mean": nan, "median": nan, "iqm": nan, "mean_ci_low": nan, "mean_ci_high": nan,
+                "iqm_ci_low": nan, "iqm_ci_high": nan}
+
+    def stats(x):  # x: (runs = days, tasks = seeds); the median over every (seed, day) score
+        return np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x), np.median(x)])
+
+    # rliable 1.2's StratifiedBootstrap draws from NumPy's global generator (its random_state reaches only arch's
+    # unused one): seed it for this call and restore it, so that the same scores give the same intervals
+    saved = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        with warnings.catch_warnings():  # arch deprecates RandomState; rliable's API takes only that
+            warnings.simplefilter("ignore", FutureWarning)
+            point, ci = rly.get_interval_estimates({"p": s.T}, stats, reps=reps,
+                                                   random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
+    (mean, iqm, median), lo, hi = point["p"], ci["p"][0], ci["p"][1]
+    return {"n": int(s.size), "mean": float(mean), "median": float(median), "iqm": float(iqm),
+            "mean_ci_low": float(lo[0]), "mean_ci_high": float(hi[0]), "iqm_ci_low": float(lo[1]),
+            "iqm_ci_high": float(hi[1])}
+
+
+# ---------------------------------------------------------------------------------------------------- records
+def _git_revision() -> str | None:
+    """The repository's commit (with ``-dirty`` if the tree has changes), when run from a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+        if rev.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _jsonable(x: Any) -> Any:
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return {f.name: _jsonable(getattr(x, f.name)) for f in dataclasses.fields(x)}
+    if isinstance(x, Mapping):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        return None if not math.isfinite(float(x)) else float(x)
+    if isinstance(x, (np.integer, int, bool, str)) or x is None:
+        return x.item() if isinstance(x, np.generic) else x
+    return repr(x)
+
+
+def run_record(results: Sequence, policy: str, hyperparameters: Mapping[str, Any] | None = None,
+               notes: str = "") -> dict:
+    """A run record of one policy: ``results`` are :class:`~mmgrid_env.evaluate.EvaluationResult` objects of the
+    same policy, config and days, one per seed. Aggregates: cost, optimality gap, normalised score (mean, median,
+    IQM with 95 % CIs) and the constraint costs, over days and seeds."""
+    import mmgrid_env
+    from .env import MultiMicrogridEnv
+
+    results = list(results)
+    if not results:
+        raise ValueError("run_record needs at least one EvaluationResult")
+    days = results[0].days
+    if any(r.days != days for r in results):
+        raise ValueError("run_record: every result (seed) must cover the same days")
+    cfg = results[0].config
+    record = {
+        "format": RECORD_FORMAT, "policy": policy, "hyperparameters": _jsonable(dict(hyperparameters or {})),
+        "package_version": mmgrid_env.__version__, "env_version": MultiMicrogridEnv.metadata["name"],
+        "git_revision": _git_revision(), "config": _jsonable(cfg),
+        "config_sha256": hashlib.sha256(json.dumps(_jsonable(cfg), sort_keys=True).encode()).hexdigest()[:16],
+        "split": results[0].split, "days": list(days), "notes": notes,
+        "runs": [{"seed": r.seed, "rows": _jsonable(r.rows)} for r in results],
+    }
+    record["aggregates"] = aggregates_of(record)
+    return record
+
+
+AGGREGATED_COLUMNS = ("normalised_score", "objective_eur", "optimality_gap", "soc_violation_rate", "shedding_kwh",
+                      "spill_kwh", "voltage_penalty_eur", "relaxation_gap_max_pu")
+"""Per-day columns a record aggregates (scores with IQM and CIs; the others' means and CIs)."""
+
+
+def aggregates_of(record: Mapping) -> dict[str, dict]:
+    """The aggregates of a record's per-day rows (what :func:`run_record` stores), recomputed from the rows."""
+    out = {}
+    for col in AGGREGATED_COLUMNS:
+        m = np.array([[np.nan if row.get(col) is None else row[col] for row in run["rows"]]
+                      for run in record["runs"]], float)
+        if np.all(np.isnan(m)):
+            continue
+        out[col] = aggregate(m)
+    return out
+
+
+def write_run_record(record: Mapping, path: str | os.PathLike) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1, sort_keys=False)
+        f.write("\n")
+
+
+def read_run_record(path: str | os.PathLike) -> dict:
+    with open(path) as f:
+        record = json.load(f)
+    if record.get("format") != RECORD_FORMAT:
+        raise ValueError(f"{os.fspath(path)}: not a run record of format {RECORD_FORMAT!r}")
+    return record
+
+
+def _fmt_ci(agg: Mapping | None, key: str, digits: int, pct: bool = False) -> str:
+    if not agg or agg.get(key) is None or not math.isfinite(agg[key]):
+        return "–"
+    k = 100.0 if pct else 1.0
+    unit = " %" if pct else ""
+    lo, hi = agg.get(f"{key}_ci_low"), agg.get(f"{key}_ci_high")
+    point = f"{k * agg[key]:.{digits}f}"
+    if lo is None or hi is None:
+        return point + unit
+    return f"{point} [{k * lo:.{digits}f}, {k * hi:.{digits}f}]{unit}"
+
+
+def results_table(records: Iterable[Mapping], fmt: str = "markdown") -> str:
+    """One row per record: normalised score (IQM and mean, 95 % CI), objective (mean, 95 % CI), optimality gap,
+    and the constraint costs, over days and seeds. Every number comes from the records' per-day rows."""
+    header = ["policy", "env", "split", "days × seeds", "score IQM [95 % CI]", "score mean [95 % CI]",
+              "objective €/day [95 % CI]", "gap", "SoC viol.", "shed kWh/day", "spill kWh/day", "record"]
+    lines = []
+    for r in records:
+        a = r.get("aggregates") or aggregates_of(r)
+        n_seeds = len(r["runs"])
+        lines.append([r["policy"], r["env_version"], r["split"], f"{len(r['days'])} × {n_seeds}",
+                      _fmt_ci(a.get("normalised_score"), "iqm", 3), _fmt_ci(a.get("normalised_score"), "mean", 3),
+                      _fmt_ci(a.get("objective_eur"), "mean", 2),
+                      _fmt_ci({"mean": a.get("optimality_gap", {}).get("mean")}, "mean", 2, pct=True),
+                      _fmt_ci({"mean": a.get("soc_violation_rate", {}).get("mean")}, "mean", 2, pct=True),
+                      _fmt_ci({"mean": a.get("shedding_kwh", {}).get("mean")}, "mean", 2),
+                      _fmt_ci({"mean": a.get("spill_kwh", {}).get("mean")}, "mean", 2),
+                      r.get("_path", "")])
+    if fmt == "markdown":
+        out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        out += ["| " + " | ".join(str(c) for c in line) + " |" for line in lines]
+        return "\n".join(out)
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *lines)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *lines])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m mmgrid_env.protocol RECORD.json ...``: the results table of run records (markdown)."""
+    p = argparse.ArgumentParser(prog="python -m mmgrid_env.protocol", description=main.__doc__)
+    p.add_argument("records", nargs="+", help="run record JSON files (globs allowed)")
+    p.add_argument("--format", default="markdown", choices=["markdown", "text"])
+    args = p.parse_args(argv)
+    paths = sorted({q for pattern in args.records for q in (glob.glob(pattern) or [pattern])})
+    records = []
+    for path in paths:
+        try:
+            rec = read_run_record(path)
+        except (OSError, ValueError) as exc:
+            print(f"mmgrid-protocol: error: {exc}", file=sys.stderr)
+            return 2
+        rec["_path"] = os.path.relpath(path)
+        records.append(rec)
+    print(results_table(records, fmt=args.format))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
