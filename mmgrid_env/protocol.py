@@ -37,7 +37,7 @@ import numpy as np
 from .policies import RANDOM_DAY_SEED
 
 __all__ = ["normalised_score", "random_reference", "aggregate", "run_record", "write_run_record",
-           "read_run_record", "results_table", "RANDOM_REFERENCE_SEED", "RECORD_FORMAT", "main"]
+           "read_run_record", "results_table", "subset", "aggregates_of", "RANDOM_REFERENCE_SEED", "RECORD_FORMAT", "main"]
 
 RANDOM_REFERENCE_SEED = RANDOM_DAY_SEED
 """The random reference of day k is ``RandomPolicy(seed=0)`` bound to the env: ``default_rng(RANDOM_REFERENCE_SEED
@@ -206,7 +206,7 @@ def aggregates_of(record: Mapping) -> dict[str, dict]:
 def write_run_record(record: Mapping, path: str | os.PathLike) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=False)
+        json.dump(record, f, separators=(",", ":"))  # compact: records are committed with the tables they back
         f.write("\n")
 
 
@@ -230,13 +230,34 @@ def _fmt_ci(agg: Mapping | None, key: str, digits: int, pct: bool = False) -> st
     return f"{point} [{k * lo:.{digits}f}, {k * hi:.{digits}f}]{unit}"
 
 
-def results_table(records: Iterable[Mapping], fmt: str = "markdown") -> str:
+def subset(record: Mapping, split: str) -> dict:
+    """The record restricted to the days of ``split`` (e.g. a stress split of a test-split record), with its
+    aggregates recomputed: every day of the split must be in the record."""
+    from .data import load_dataset
+
+    dataset = record["config"].get("dataset", "smard_lu_2024")
+    want = [int(d) for d in load_dataset(dataset).split_days(split)]
+    missing = sorted(set(want) - set(record["days"]))
+    if missing:
+        raise ValueError(f"record of split {record['split']!r} lacks {len(missing)} day(s) of {split!r}, e.g. "
+                         f"{missing[:3]}")
+    keep = set(want)
+    out = dict(record, split=split, days=[d for d in record["days"] if d in keep])
+    out["runs"] = [dict(run, rows=[row for row in run["rows"] if int(row["day"]) in keep]) for run in record["runs"]]
+    out["aggregates"] = aggregates_of(out)
+    return out
+
+
+def results_table(records: Iterable[Mapping], fmt: str = "markdown", split: str | None = None) -> str:
     """One row per record: normalised score (IQM and mean, 95 % CI), objective (mean, 95 % CI), optimality gap,
-    and the constraint costs, over days and seeds. Every number comes from the records' per-day rows."""
+    and the constraint costs, over days and seeds. Every number comes from the records' per-day rows; with
+    ``split``, from the rows of that split's days (:func:`subset`)."""
     header = ["policy", "env", "split", "days × seeds", "score IQM [95 % CI]", "score mean [95 % CI]",
               "objective €/day [95 % CI]", "gap", "SoC viol.", "shed kWh/day", "spill kWh/day", "record"]
     lines = []
     for r in records:
+        if split is not None and r["split"] != split:
+            r = dict(subset(r, split), _path=r.get("_path", ""))
         a = r.get("aggregates") or aggregates_of(r)
         n_seeds = len(r["runs"])
         lines.append([r["policy"], r["env_version"], r["split"], f"{len(r['days'])} × {n_seeds}",
@@ -260,6 +281,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m mmgrid_env.protocol", description=main.__doc__)
     p.add_argument("records", nargs="+", help="run record JSON files (globs allowed)")
     p.add_argument("--format", default="markdown", choices=["markdown", "text"])
+    p.add_argument("--split", default=None, help="restrict each record to this split's days (e.g. a stress split "
+                                                  "of test-split records)")
     args = p.parse_args(argv)
     paths = sorted({q for pattern in args.records for q in (glob.glob(pattern) or [pattern])})
     records = []
@@ -271,7 +294,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         rec["_path"] = os.path.relpath(path)
         records.append(rec)
-    print(results_table(records, fmt=args.format))
+    try:
+        print(results_table(records, fmt=args.format, split=args.split))
+    except ValueError as exc:
+        print(f"mmgrid-protocol: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

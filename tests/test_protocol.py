@@ -101,3 +101,17 @@ def test_safety_costs_equal_the_infos_they_summarise():
     assert n_cost > 0  # limit-hitting actions do violate the SoC band
     with pytest.raises(ValueError, match="unknown constraint"):
         SafetyCosts(parallel_env(), weights={"comfort": 1.0})
+
+
+def test_stress_split_tables_come_from_test_records_by_subsetting():
+    from mmgrid_env.protocol import subset
+
+    neg = [int(d) for d in load_dataset().split_days("test_negative_price")]
+    res = evaluate("rule_based", days=neg + [9], oracle=True, progress=False)
+    rec = run_record([res], policy="rule_based")
+    sub = subset(rec, "test_negative_price")
+    assert sub["days"] == neg and sub["split"] == "test_negative_price"
+    assert sub["aggregates"]["objective_eur"]["mean"] == pytest.approx(
+        np.mean([r["objective_eur"] for r in res.rows if r["day"] != 9]))
+    with pytest.raises(ValueError, match="lacks .* day"):
+        subset(rec, "test_high_price")
