@@ -16,6 +16,7 @@ variants with the rule-based policy (and the oracle's optimality gap with ``--or
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import time
 
@@ -24,6 +25,7 @@ import torch
 
 from mmgrid_baselines.ap_dqn import VARIANTS, APDQNPolicy, Args, load_checkpoint, save_checkpoint, train
 from mmgrid_env import compare_table, evaluate, parallel_env
+from mmgrid_env.protocol import run_record, write_run_record
 
 
 def plot_curve(log: list[dict], path: str, title: str) -> None:
@@ -111,6 +113,8 @@ def main(argv=None) -> int:
                       config=args2.config, **args2.env_overrides)  # the observation the network was trained on
         ev.to_csv(os.path.join(run_dir, "eval.csv"))
         ev.to_json(os.path.join(run_dir, "eval.json"))
+        write_run_record(run_record([ev], policy=v, hyperparameters=dataclasses.asdict(args2)),
+                         os.path.join(run_dir, f"{v}.record.json"))
         s = ev.summary()
         print(f"[{v}] test ({len(days)} days, {time.perf_counter() - t0:.1f} s): mean cost "
               f"{s['cost_eur']:.2f} €/day, objective {s['objective_eur']:.2f}, SoC-violation rate "

@@ -39,6 +39,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from mmgrid_env.protocol import run_record, write_run_record
 from mmgrid_baselines.mappo import (HYPERPARAMETER_SETS, Args, MAPPOPolicy, save_checkpoint,
                              tensorboard_available, train)
 
@@ -249,6 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, r in results.items():
         r.to_csv(out / f"eval_{name}.csv")
         r.to_json(out / f"eval_{name}.json")
+    # the run record: the learner's per-day results with its hyper-parameters, versions and git revision
+    write_run_record(run_record([results["mappo"]], policy="mappo",
+                                hyperparameters={"hp": ns.hp, **dataclasses.asdict(args)}), out / "mappo.record.json")
     cols = ("n_days", "objective_eur", "cost_eur", "optimality_gap", "soc_violation_rate", "cost_grid_eur",
             "cost_mt_eur", "cost_ess_eur", "cost_upper_eur")
     table = compare_table(results, columns=cols, fmt="markdown",

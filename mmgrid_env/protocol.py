@@ -37,7 +37,7 @@ import numpy as np
 from .policies import RANDOM_DAY_SEED
 
 __all__ = ["normalised_score", "random_reference", "aggregate", "run_record", "write_run_record",
-           "read_run_record", "results_table", "subset", "aggregates_of", "RANDOM_REFERENCE_SEED", "RECORD_FORMAT", "main"]
+           "read_run_record", "results_table", "subset", "aggregates_of", "report", "RANDOM_REFERENCE_SEED", "RECORD_FORMAT", "main"]
 
 RANDOM_REFERENCE_SEED = RANDOM_DAY_SEED
 """The random reference of day k is ``RandomPolicy(seed=0)`` bound to the env: ``default_rng(RANDOM_REFERENCE_SEED
@@ -276,14 +276,59 @@ def results_table(records: Iterable[Mapping], fmt: str = "markdown", split: str 
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *lines])
 
 
+def report(root: str | os.PathLike) -> str:
+    """A markdown page of every run record under ``root`` (``<root>/<preset>/<split>/*.record.json``): one table
+    per preset and split, and for the test split one per stress split (:func:`subset`). This is how the tables of
+    docs/results-v1.md are made: ``python -m mmgrid_env.protocol --report docs/records/v1 > docs/results-v1.md``."""
+    from .data import STRESS_SPLITS
+
+    root = os.fspath(root)
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for path in sorted(glob.glob(os.path.join(root, "**", "*.record.json"), recursive=True)):
+        rec = read_run_record(path)
+        rec["_path"] = os.path.relpath(path, os.path.dirname(os.path.abspath(root)))
+        preset = os.path.basename(os.path.dirname(os.path.dirname(path)))
+        groups.setdefault((preset, rec["split"]), []).append(rec)
+    order = {"test": 0, "validation": 1, "train": 2}
+    out = ["# Results from run records", "",
+           f"Made by `python -m mmgrid_env.protocol --report {root}` from the run records there (one JSON per policy "
+           "and split, with the env and package version, git revision, config, seed and every day's numbers). "
+           "Score: normalised, 0 = random policy, 1 = oracle, per day; IQM = interquartile mean over all (seed, day) "
+           "scores; 95 % confidence intervals by stratified bootstrap over days (rliable). Objective: € per day incl. "
+           "the SoC penalty. Gap: mean optimality gap. SoC viol.: share of agent-steps outside the SoC band.", ""]
+    for (preset, split) in sorted(groups, key=lambda k: (k[0], order.get(k[1], 9), k[1])):
+        recs = groups[(preset, split)]
+        out += [f"## Preset `{preset}`, split `{split}`", "", results_table(recs), ""]
+        if split == "test":
+            for stress, what in STRESS_SPLITS.items():
+                try:
+                    table = results_table(recs, split=stress)
+                except ValueError:
+                    continue
+                n = len(subset(recs[0], stress)["days"])
+                out += [f"### Stress split `{stress}` ({n} days: {what})", "", table, ""]
+    return "\n".join(out)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m mmgrid_env.protocol RECORD.json ...``: the results table of run records (markdown)."""
+    """``python -m mmgrid_env.protocol RECORD.json ...``: the results table of run records (markdown);
+    ``--report DIR``: the page of every record under DIR, with the stress splits."""
     p = argparse.ArgumentParser(prog="python -m mmgrid_env.protocol", description=main.__doc__)
-    p.add_argument("records", nargs="+", help="run record JSON files (globs allowed)")
+    p.add_argument("records", nargs="*", help="run record JSON files (globs allowed)")
+    p.add_argument("--report", default=None, metavar="DIR", help="print the results page of every record under DIR")
     p.add_argument("--format", default="markdown", choices=["markdown", "text"])
     p.add_argument("--split", default=None, help="restrict each record to this split's days (e.g. a stress split "
                                                   "of test-split records)")
     args = p.parse_args(argv)
+    if args.report is not None:
+        try:
+            print(report(args.report))
+        except (OSError, ValueError) as exc:
+            print(f"mmgrid-protocol: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if not args.records:
+        p.error("give run record files, or --report DIR")
     paths = sorted({q for pattern in args.records for q in (glob.glob(pattern) or [pattern])})
     records = []
     for path in paths:

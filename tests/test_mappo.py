@@ -200,6 +200,10 @@ def test_train_script_quick_end_to_end(tmp_path):
         assert (out / name).exists(), name
     assert "mappo" in proc.stdout and "rule_based" in proc.stdout
     assert any(p.name.endswith("_dispatch.png") for p in out.iterdir())
+    from mmgrid_env.protocol import read_run_record
+
+    rec = read_run_record(out / "mappo.record.json")  # the run record: hyper-parameters and per-day results
+    assert rec["policy"] == "mappo" and rec["hyperparameters"]["total_episodes"] == 96 and len(rec["days"]) == 1
     # re-evaluate the checkpoint
     cmd = [sys.executable, str(ROOT / "examples" / "evaluate_checkpoint.py"), str(out / "mappo.pt"), "--days",
            "4", "--no-progress", "--no-oracle", "--no-rule-based"]
