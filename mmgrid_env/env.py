@@ -155,7 +155,8 @@ class MultiMicrogridEnv(ParallelEnv):
       changes the numbers of every preset (docs/results.md gives old → new). Also: every input checked (config
       fields, reset options, actions, data, OPF inputs; clear errors naming the field), observations owned by the
       caller, bit-identical replays, the env pickles; ``dt_h`` other than 1 is refused (it was accepted and
-      silently wrong).
+      silently wrong). New infos: ``spill_kw``, ``dlmp_eur_per_kwh`` (nodal price), ``voltage_violation_pu``,
+      ``opf_exactness_repair``; splits ``"validation"`` and five stress splits.
     """
 
     metadata = {"name": "mmgrid_v1", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,

@@ -98,6 +98,10 @@ class MicrogridBalance(NamedTuple):
     absorb, priced at VOLL."""
     q_slack_kvar: list
     v_pu: list
+    dlmp_eur_per_kwh: list
+    """Distribution locational marginal price at the microgrid's node (€/kWh): what one kWh more consumed there
+    would cost the upper layer this hour (the dual of the node's power balance) — balancing price, losses and
+    voltage limits included. The balancing price π⁺ when no solver answered (safe dispatch)."""
 
 
 @dataclass
@@ -127,7 +131,7 @@ class OPFResult:
     iterations: int = 0
     errors: list = field(default_factory=list)
     """Messages of the solvers that failed before the answer (empty on a normal step)."""
-    mg_lists: MicrogridBalance = field(default=MicrogridBalance(*((),) * 8), repr=False, compare=False)
+    mg_lists: MicrogridBalance = field(default=MicrogridBalance(*((),) * 9), repr=False, compare=False)
     """Per microgrid, by name, as lists of floats — the source of the per-microgrid arrays."""
     network_lists: tuple = field(default=((), (), (), (), 1.0, 1.0), repr=False, compare=False)
     """(v, l, P, Q) in the solver's per unit, then its power base (kW) and current base (kA)."""
@@ -172,6 +176,11 @@ class OPFResult:
     def mg_v_pu(self) -> np.ndarray:
         """Voltage magnitude at each microgrid's node (p.u.)."""
         return np.array(self.mg_lists.v_pu)
+
+    @cached_property
+    def dlmp_eur_per_kwh(self) -> np.ndarray:
+        """Nodal price at each microgrid (€/kWh, see :class:`MicrogridBalance`)."""
+        return np.array(self.mg_lists.dlmp_eur_per_kwh)
 
     @cached_property
     def v_pu(self) -> np.ndarray:
@@ -343,6 +352,7 @@ class ConicOPF:
             return [_Affine({i: 1.0}) for i in self.ix[name]]
 
         rows_eq, rows_nn, rows_soc = [], [], []
+        self._p_balance_rows: list[int] = []
         V = [_Affine(c=1.0)] + new("v", n - 1)  # the root's voltage is the constant 1 p.u.
         L, Pf, Qf = new("l", E), new("P", E), new("Q", E)
         dpu, dpd = new("dpu", M), new("dpd", M)
@@ -366,6 +376,7 @@ class ConicOPF:
             if m is None:
                 rows_eq += [p_out, q_out]
                 continue
+            self._p_balance_rows.append(len(rows_eq))  # its dual is the microgrid's nodal price (DLMP)
             rows_eq.append(p_out - (Z["p"][m] + dpu[m] - dpd[m] - CUR[m] + SHD[m] - SPL[m]))  # p + ΔP − c + s − spill
             rows_eq.append(q_out - (Z["q"][m] + U[m]))  # q + ΔQ + reactive slack
         # voltage drop (eq. 13)
@@ -504,6 +515,11 @@ class ConicOPF:
         self._v_from = _getter(self._edge_from)
         self._mg_node = mg_node
         self._v_mg = _getter(mg_node)
+        self._dual_getter = _getter(self._p_balance_rows)
+        # d(objective €)/d(injection kW) per hour from a balance row's dual: b = p / base_kw, objective ÷ obj_scale;
+        # the sign makes it the price of consuming one kWh more at the node (Clarabel: A x + s = b, z ∈ K*)
+        self._dual_to_eur_per_kwh = self.obj_scale_eur / (self.base_kw * self.dt_h)
+        self._dual_p = None
         self._v_lo_sq, self._v_hi_sq = v_lo, v_hi
         self._z_coef_h = [-ub] * M + [ub] * M + [-ub] * M + [ub] * M  # ΔP⁺, ΔP⁻, ΔQ⁺, ΔQ⁻ headroom
         self._z_off_h = [a for o in self._z_off for a in o]
@@ -624,6 +640,7 @@ class ConicOPF:
         sol = solver.solve()
         if sol.status not in self._clarabel_ok:
             raise RuntimeError(f"clarabel status {sol.status}")
+        self._dual_p = self._dual_getter(sol.z)
         return sol.x, sol.solve_time, sol.iterations  # x: a list of floats, what _result reads
 
     def _solve_ecos(self):
@@ -639,6 +656,7 @@ class ConicOPF:
         info = sol["info"]
         if info["exitFlag"] not in (0, 10):  # 10: optimal to reduced accuracy, still far better than giving up
             raise RuntimeError(f"ecos exitFlag {info['exitFlag']} ({info.get('infostring', '')})")
+        self._dual_p = self._dual_getter(np.asarray(sol["y"], float).tolist())  # the equality rows come first
         return np.asarray(sol["x"], float).tolist(), float(info["timing"]["runtime"]), int(info["iter"])
 
     # ------------------------------------------------------------------ public
@@ -717,7 +735,7 @@ class ConicOPF:
                 errors.append(f"{name}: {exc}")
                 continue
             return self._result(x, prices, STATUS_OPTIMAL if k == 0 else STATUS_FALLBACK_SOLVER, "optimal", name,
-                                time.perf_counter() - t0, solver_time, iters, errors)
+                                time.perf_counter() - t0, solver_time, iters, errors, dual=self._dual_p)
         return None
 
     def _repair(self, res: OPFResult, price: float, prices, t0) -> OPFResult:
@@ -733,8 +751,12 @@ class ConicOPF:
         repaired.exactness_repair = 1
         return repaired
 
-    def _result(self, x, prices, code, status, solver, wall, solver_time, iters, errors, out=None) -> OPFResult:
+    def _result(self, x, prices, code, status, solver, wall, solver_time, iters, errors, out=None,
+                dual=None) -> OPFResult:
         """The result record from the solver's solution ``x`` (solver per unit, a list), in plain Python floats.
+
+        ``dual``: the solver's duals of the microgrids' active-power balance rows, the source of the nodal prices
+        (without them, e.g. for the safe dispatch, each microgrid's price is its balancing price π⁺).
 
         ``out`` (instead of ``x``): the values (v, l, P, Q, ΔP⁺, ΔP⁻, curtailment, shedding, u, s, ΔQ⁺ and ΔQ⁻
         headroom, spill) as one list, s being each node's voltage slack (the root's constant violation first)."""
@@ -786,6 +808,8 @@ class ConicOPF:
             cost.append((pi_up * (0.0 if 0.0 > u_p else u_p) - pi_dn * (0.0 if 0.0 > d_p else d_p) + c_q * abs(d_q)
                          + c_cur * c_m + c_shd * (s_m + sp_m) + c_qs * abs(s_q)) * dt)
         v_mg = [0.0 if 0.0 > a else sqrt(a) for a in self._v_mg(v)]  # √max(v, 0)
+        k = self._dual_to_eur_per_kwh
+        dlmp = [pi_up] * M if dual is None else [k * y for y in dual]
         losses_kw = sum([r * le for r, le in zip(self._r_list, l)]) * bk
         v_pen = cfg.voltage_penalty_eur_per_pu_h * sum(slack) * dt
         loss_cost = w * losses_kw * dt
@@ -794,7 +818,7 @@ class ConicOPF:
         viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
         return OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
                          viol, wall, solver_time, iters, errors,
-                         _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg)),
+                         _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg, dlmp)),
                          (v, l, P, Q, bk, self.i_base_ka))
 
     def _safe_dispatch(self, p_kw, q_kvar, prices, wall, errors, renewable_kw) -> OPFResult:

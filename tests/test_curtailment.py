@@ -112,3 +112,32 @@ def test_oracle_curtails_generation_only_and_replays():
     assert res.relaxation_gap_pu <= 1e-6 and res.bound_violation_kw <= 1e-3  # kW: the env's bounds hold
     rep = replay(res, "paper")
     assert rep.objective_eur == pytest.approx(res.objective_eur, rel=1e-4)  # the env reproduces it
+
+
+@pytest.mark.parametrize("solver", ["clarabel", "ecos"])
+@pytest.mark.parametrize("price", [0.1, -0.05])
+def test_dlmp_is_the_marginal_cost_of_consumption(solver, price):
+    """The nodal price reported per microgrid (the dual of its power balance) equals the finite difference of the
+    OPF objective for one kWh more consumed there (central difference, 0.5 kWh steps)."""
+    opf = ConicOPF(build_network([1, 2, 5, 24]), OPFConfig(solver=solver), **LIMITS)
+    p, q = np.array([50.0, -80.0, 20.0, -30.0]), np.zeros(4)
+    pg, ren = np.array([0.0, 100.0, -50.0, 0.0]), np.full(4, 100.0)
+    res = opf.solve(p, q, price, pg, q, ren)
+    assert res.solver == solver
+    for m in range(4):
+        step = np.zeros(4)
+        step[m] = 0.5
+        up = opf.solve(p - step, q, price, pg, q, ren).objective_eur
+        down = opf.solve(p + step, q, price, pg, q, ren).objective_eur
+        assert res.dlmp_eur_per_kwh[m] == pytest.approx((up - down) / 1.0, abs=2e-6)
+
+
+def test_dlmp_carries_the_losses_of_supplying_a_node_through_the_network():
+    """mg_3 (bus 17, the feeder's end) needs 100 kW more but already imports at its limit: its next kWh comes from
+    a neighbour's headroom through the network, so its nodal price is the balancing price plus the marginal
+    losses of that path; a neighbour with headroom of its own pays just the balancing price."""
+    opf = ConicOPF(build_network([1, 5, 10, 17], aggregation="sum"), OPFConfig(), **LIMITS)
+    res = opf.solve([0.0, 0.0, 0.0, -100.0], np.zeros(4), 0.1, [0.0, 0.0, 0.0, 300.0], np.zeros(4), np.zeros(4))
+    assert res.shedding_kw.sum() < 1e-6 and res.losses_kw > 0
+    assert res.dlmp_eur_per_kwh[:3] == pytest.approx([0.12] * 3, abs=1e-4)  # π⁺ at c = 0.1, κ = 0.2
+    assert res.dlmp_eur_per_kwh[3] > max(res.dlmp_eur_per_kwh[:3]) + 1e-4
