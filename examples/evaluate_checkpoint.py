@@ -77,8 +77,17 @@ def main(argv: list[str] | None = None) -> int:
             r.to_csv(out / f"eval_{name}.csv")
             r.to_json(out / f"eval_{name}.json")
         (out / "comparison.md").write_text(header + "\n\n" + table + "\n")
+        import dataclasses
+
+        from mmgrid_env.protocol import run_record, write_run_record
+
+        split = results["mappo"].split if ns.days is not None else ns.split
+        results["mappo"].split = split
+        write_run_record(run_record([results["mappo"]], policy="mappo",
+                                    hyperparameters={"checkpoint": str(ns.checkpoint), **dataclasses.asdict(args)}),
+                         out / "mappo.record.json")
         if ns.plot_day is not None:
-            from mmgrid_env.plotting import plot_day
+            from mmgrid_env import plot_day
 
             paths = plot_day(results["mappo"].trajectories[ns.plot_day], str(out), prefix=f"mappo_day{ns.plot_day:03d}")
             print("plots:", *paths)

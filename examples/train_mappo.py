@@ -271,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
         plot_learning_curve(out / "learning_curve.png", res.episodes,
                             f"MAPPO ({ns.hp}), preset {args.env_preset}: training episodes", refs,
                             updates=res.updates)
-        from mmgrid_env.plotting import plot_day as plot_day_fn
+        from mmgrid_env import plot_day as plot_day_fn
 
         traj = results["mappo"].trajectories.get(plot_day)
         if traj is not None:

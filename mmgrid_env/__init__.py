@@ -54,7 +54,7 @@ def env(config: EnvConfig | str | None = None, render_mode: str | None = None, *
 from .oracle import (OraclePolicy, OracleResult, actions_from_dispatch, replay, solve_day,  # noqa: E402
                      solve_days)
 
-__all__ += ["evaluate", "EvaluationResult", "compare_table", "OraclePolicy", "OracleResult",
+__all__ += ["evaluate", "EvaluationResult", "compare_table", "plot_day", "OraclePolicy", "OracleResult",
             "actions_from_dispatch", "replay", "solve_day", "solve_days"]
 
 
@@ -64,4 +64,8 @@ def __getattr__(name: str):
 
         mod = importlib.import_module(".evaluate", __name__)
         return mod if name == "evaluate" else getattr(mod, name)
+    if name == "plot_day":  # needs matplotlib: imported on first use
+        from .plotting import plot_day
+
+        return plot_day
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
