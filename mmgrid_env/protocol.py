@@ -8,9 +8,10 @@ the same.
 
 **Aggregates** over days and seeds (:func:`aggregate`): the mean, the median and the interquartile mean (IQM: the
 mean of the middle 50 % of all (seed, day) scores, robust to a few extreme days) with 95 % confidence intervals
-from rliable's stratified bootstrap (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"). The
-resampling unit is the **day** (days are a sample of the weather and prices a policy will meet), stratified by
-seed; with one seed that is a plain bootstrap over days.
+from rliable's stratified bootstrap (Agarwal et al., 2021, "Deep RL at the edge of the statistical precipice"). Both
+levels are sampled: the **days** (a sample of the weather and prices a policy will meet; resampled together for
+all seeds, since a hard day is hard for every seed) and the **seeds** within each day; with one seed that is a
+plain bootstrap over days.
 
 **Run records** (:func:`run_record`, :func:`write_run_record`): one JSON per evaluated policy with everything
 needed to trace a number: package and env version, git revision, the full config, the policy and its
@@ -96,8 +97,9 @@ def random_reference(config, days: Sequence[int], cache_dir: str | os.PathLike |
 
 def aggregate(scores: Any, reps: int = 2000, seed: int = 0) -> dict[str, float]:
     """Mean, median and IQM of ``scores`` (shape (n_seeds, n_days), or (n_days,) for one seed) with 95 %
-    stratified-bootstrap confidence intervals (rliable; days resampled within each seed). NaN scores are dropped
-    by day (a day with a NaN on any seed leaves out). Deterministic for a given ``seed``."""
+    stratified-bootstrap confidence intervals (rliable with ``task_bootstrap``: the days are resampled, the same for
+    every seed, and the seeds within each day). NaN scores are dropped by day (a day with a NaN on any seed leaves
+    out). Deterministic for a given ``seed``."""
     try:
         from rliable import library as rly
         from rliable import metrics
@@ -110,7 +112,7 @@ def aggregate(scores: Any, reps: int = 2000, seed: int = 0) -> dict[str, float]:
         return {"n": 0, "mean": nan, "median": nan, "iqm": nan, "mean_ci_low": nan, "mean_ci_high": nan,
                 "iqm_ci_low": nan, "iqm_ci_high": nan}
 
-    def stats(x):  # x: (runs = days, tasks = seeds); the median over every (seed, day) score
+    def stats(x):  # x: (runs = seeds, tasks = days); the median over every (seed, day) score
         return np.array([metrics.aggregate_mean(x), metrics.aggregate_iqm(x), np.median(x)])
 
     # rliable 1.2's StratifiedBootstrap draws from NumPy's global generator (its random_state reaches only arch's
@@ -120,7 +122,7 @@ def aggregate(scores: Any, reps: int = 2000, seed: int = 0) -> dict[str, float]:
         np.random.seed(seed)
         with warnings.catch_warnings():  # arch deprecates RandomState; rliable's API takes only that
             warnings.simplefilter("ignore", FutureWarning)
-            point, ci = rly.get_interval_estimates({"p": s.T}, stats, reps=reps,
+            point, ci = rly.get_interval_estimates({"p": s}, stats, reps=reps, task_bootstrap=True,
                                                    random_state=np.random.RandomState(seed))
     finally:
         np.random.set_state(saved)
@@ -294,7 +296,7 @@ def report(root: str | os.PathLike) -> str:
            f"Made by `python -m mmgrid_env.protocol --report {root}` from the run records there (one JSON per policy "
            "and split, with the env and package version, git revision, config, seed and every day's numbers). "
            "Score: normalised, 0 = random policy, 1 = oracle, per day; IQM = interquartile mean over all (seed, day) "
-           "scores; 95 % confidence intervals by stratified bootstrap over days (rliable). Objective: € per day incl. "
+           "scores; 95 % confidence intervals by stratified bootstrap over days and seeds (rliable). Objective: € per day incl. "
            "the SoC penalty. Gap: mean optimality gap. SoC viol.: share of agent-steps outside the SoC band.", ""]
     for (preset, split) in sorted(groups, key=lambda k: (k[0], order.get(k[1], 9), k[1])):
         recs = groups[(preset, split)]
