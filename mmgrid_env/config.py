@@ -240,7 +240,8 @@ def validate_config(cfg: EnvConfig) -> None:
     o = cfg.opf
     _check(isinstance(o, OPFConfig), f"opf must be an OPFConfig (or a dict of its fields), got {type(o).__name__}")
     _check(o.topology == "reduced",
-           f"opf.topology={o.topology!r}: only 'reduced' is implemented (the full 33-bus network is planned)")
+           f"opf.topology={o.topology!r}: the OPF runs on the 'reduced' network only; the full feeder exists as a "
+           f"network (build_network(buses, topology='feeder')), its OPF and settlement are planned")
     _check(o.impedance_aggregation in ("mean", "sum"),
            f"opf.impedance_aggregation must be 'mean' or 'sum', got {o.impedance_aggregation!r}")
     for name, (lo, strict, hi, why) in _OPF_RULES.items():

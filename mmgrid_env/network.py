@@ -2,8 +2,12 @@
 
 A :class:`Network` is plain data: nodes in parent-before-child order (node 0 is the root), one edge per
 non-root node (from its parent), per-unit impedances on the feeder's own base, and the feeder path each edge
-stands for. ``topology="reduced"`` keeps the microgrid buses plus the branching buses that the tree needs; the
-node arrays are general so that the full 33-bus feeder (every bus a node, with its own load) fits the same shape.
+stands for. ``topology="reduced"`` keeps the microgrid buses plus the branching buses that the tree needs;
+``topology="feeder"`` keeps every bus of the feeder with its own lines and its own load (``background_p_kw``,
+``background_q_kvar``), from ``case33bw`` or any radial pandapower net (one external grid; a substation
+transformer right below it is replaced by its secondary bus as the root; meshes, other transformers and bus-bus
+switches are refused with a :class:`NetworkError`). The OPF runs on the reduced topology; the feeder topology is
+the network layer of the planned full-feeder model.
 """
 
 from __future__ import annotations
@@ -33,8 +37,11 @@ class Network:
         r_ohm, x_ohm: the same in ohm.
         edge_lines: pandapower line indices each edge stands for (feeder path, parent side first).
         mg_node: node index of each microgrid (in microgrid order).
-        aggregation: ``"mean"`` or ``"sum"``.
+        aggregation: ``"mean"`` or ``"sum"`` (``"feeder"`` topology: every edge is one line, ``"sum"``).
         base_kv, base_mva: the feeder's own per-unit base (12.66 kV, pandapower's ``sn_mva``).
+        topology: ``"reduced"`` or ``"feeder"``.
+        background_p_kw, background_q_kvar: the feeder's own load at each node at nominal (kW, kVar; zeros for
+            the reduced topology, whose nodes carry no load of their own).
     """
 
     buses: tuple[int, ...]
@@ -48,6 +55,14 @@ class Network:
     aggregation: str
     base_kv: float
     base_mva: float
+    topology: str = "reduced"
+    background_p_kw: np.ndarray | None = None
+    background_q_kvar: np.ndarray | None = None
+
+    def __post_init__(self):
+        for name in ("background_p_kw", "background_q_kvar"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, np.zeros(len(self.buses)))
 
     @property
     def n_nodes(self) -> int:
@@ -99,8 +114,11 @@ class Network:
                         f"{self.r_ohm[k]:>8.4f}  {self.x_ohm[k]:>8.4f}  {self.r_pu[k]:>9.6f}  {self.x_pu[k]:>9.6f}  "
                         f"{list(self.edge_lines[k])}")
         mgs = ", ".join(f"mg_{m}@bus{self.buses[n]}" for m, n in enumerate(self.mg_node))
-        rows.append(f"root bus {self.buses[0]} (v fixed at 1.0 p.u.); microgrids: {mgs}; "
+        rows.append(f"{self.topology} topology, root bus {self.buses[0]} (v fixed); microgrids: {mgs}; "
                     f"base {self.base_kv} kV, {self.base_mva} MVA")
+        if self.topology == "feeder":
+            rows.append(f"background load {self.background_p_kw.sum():.1f} kW, {self.background_q_kvar.sum():.1f} kVar "
+                        f"at nominal, on {int(np.count_nonzero(self.background_p_kw))} buses")
         return "\n".join(rows)
 
     def __str__(self) -> str:  # pragma: no cover - convenience
@@ -121,6 +139,9 @@ class Network:
                                            r_ohm_per_km=float(self.r_ohm[k]), x_ohm_per_km=float(self.x_ohm[k]),
                                            c_nf_per_km=0.0, max_i_ka=99999.0)
         pp.create_ext_grid(net, bus=0, vm_pu=1.0, va_degree=0.0)
+        for j in np.flatnonzero((self.background_p_kw != 0) | (self.background_q_kvar != 0)):
+            pp.create_load(net, bus=int(j), p_mw=self.background_p_kw[j] / 1000.0,
+                           q_mvar=self.background_q_kvar[j] / 1000.0)
         if p_inj_kw is not None:
             q = np.zeros(self.n_nodes) if q_inj_kvar is None else np.asarray(q_inj_kvar, float)
             for j, (p, qq) in enumerate(zip(np.asarray(p_inj_kw, float), q)):
@@ -137,21 +158,52 @@ def _case33bw():
 
 
 def _feeder_tree(net) -> tuple[dict[int, int], dict[int, int]]:
-    """Parent bus and the line into each bus, for the in-service radial feeder rooted at the ext_grid bus."""
-    root = int(net.ext_grid.bus.iloc[0])
+    """Parent bus and the line into each bus of a radial pandapower feeder, rooted at its substation.
+
+    One in-service external grid; if a transformer hangs right below it (and nothing else), its secondary bus is
+    the root (the substation's on-load tap changer holds that bus's voltage). Lines with an open line switch are
+    out. Refused with a :class:`NetworkError` naming the element: several external grids, other transformers,
+    closed bus-bus switches, buses of another voltage level, and meshes (a line that closes a loop).
+    """
+    grids = net.ext_grid[net.ext_grid.in_service]
+    if len(grids) != 1:
+        raise NetworkError(f"the feeder needs exactly one in-service ext_grid (its substation), got {len(grids)}")
+    root = int(grids.bus.iloc[0])
+    lines = net.line[net.line.in_service]
+    trafos = net.trafo[net.trafo.in_service] if len(net.trafo) else net.trafo
+    if len(trafos):
+        at_root = trafos[trafos.hv_bus == root]
+        if len(trafos) > 1 or len(at_root) != 1 or ((lines.from_bus == root) | (lines.to_bus == root)).any():
+            raise NetworkError(f"transformers {trafos.index.tolist()}: only one substation transformer right below "
+                               f"the ext_grid is supported (its secondary becomes the root)")
+        root = int(at_root.lv_bus.iloc[0])
+    switches = net.switch if len(net.switch) else None
+    if switches is not None:
+        closed_bb = switches[(switches.et == "b") & switches.closed]
+        if len(closed_bb):
+            raise NetworkError(f"closed bus-bus switches {closed_bb.index.tolist()} are not supported")
+        open_lines = set(switches[(switches.et == "l") & ~switches.closed].element.astype(int))
+        lines = lines[~lines.index.isin(open_lines)]
+    kv = float(net.bus.vn_kv.loc[root])
     adj: dict[int, list[tuple[int, int]]] = {int(b): [] for b in net.bus.index}
-    for idx, line in net.line[net.line.in_service].iterrows():
-        a, b = int(line.from_bus), int(line.to_bus)
-        adj[a].append((b, int(idx)))
-        adj[b].append((a, int(idx)))
+    for idx, a, b in zip(lines.index, lines.from_bus, lines.to_bus):
+        adj[int(a)].append((int(b), int(idx)))
+        adj[int(b)].append((int(a), int(idx)))
     parent, via = {root: -1}, {root: -1}
     stack = [root]
     while stack:
         u = stack.pop()
         for w, li in adj[u]:
-            if w not in parent:
-                parent[w], via[w] = u, li
-                stack.append(w)
+            if li == via[u]:
+                continue
+            if w in parent:
+                raise NetworkError(f"meshed network: line {li} closes a loop between buses {u} and {w}; open a "
+                                   f"switch (set the line out of service) to make it radial")
+            if float(net.bus.vn_kv.loc[w]) != kv:
+                raise NetworkError(f"bus {w} is at {net.bus.vn_kv.loc[w]} kV, the feeder at {kv} kV: one voltage "
+                                   f"level only")
+            parent[w], via[w] = u, li
+            stack.append(w)
     return parent, via
 
 
@@ -162,11 +214,13 @@ def build_network(mg_buses: Sequence[int], aggregation: str = "mean", topology: 
     Args:
         mg_buses: one distinct bus per microgrid.
         aggregation: ``"mean"`` (the paper: average of the path's branch impedances) or ``"sum"``.
-        topology: ``"reduced"`` (the only one implemented so far).
-        feeder: a pandapower net to use instead of ``case33bw()`` (radial, one ext_grid).
+        topology: ``"reduced"`` (the microgrid buses and the branching buses the tree needs) or ``"feeder"``
+            (every bus reachable from the substation, each line its own edge, each bus with its own load).
+        feeder: a pandapower net to use instead of ``case33bw()`` (radial; see :func:`_feeder_tree` for what is
+            supported and refused).
     """
-    if topology != "reduced":
-        raise NetworkError(f"topology={topology!r}: only 'reduced' is implemented")
+    if topology not in ("reduced", "feeder"):
+        raise NetworkError(f"topology must be 'reduced' or 'feeder', got {topology!r}")
     if aggregation not in ("mean", "sum"):
         raise NetworkError(f"aggregation must be 'mean' or 'sum', got {aggregation!r}")
     if feeder is None:
@@ -179,8 +233,11 @@ def build_network(mg_buses: Sequence[int], aggregation: str = "mean", topology: 
         raise NetworkError(f"duplicate microgrid buses in {buses}")
     for b in buses:
         if b not in parent_bus:
-            raise NetworkError(f"unknown bus {b}: case33bw has buses 0..{len(feeder.bus) - 1} "
-                               f"(pandapower's 0-based indices)")
+            raise NetworkError(f"unknown bus {b}: not a bus of the feeder connected to its substation (case33bw: "
+                               f"buses 0..32, pandapower's 0-based indices)")
+
+    if topology == "feeder":
+        return _full_feeder(feeder, parent_bus, via_line, buses)
 
     def ancestors(b: int) -> list[int]:  # b, parent(b), ..., root
         out = [b]
@@ -226,3 +283,34 @@ def build_network(mg_buses: Sequence[int], aggregation: str = "mean", topology: 
                    r_ohm=r_ohm_a, x_ohm=x_ohm_a, edge_lines=tuple(lines),
                    mg_node=np.array([pos[b] for b in buses], dtype=np.int64), aggregation=aggregation,
                    base_kv=base_kv, base_mva=base_mva)
+
+
+def _full_feeder(feeder, parent_bus: dict[int, int], via_line: dict[int, int], mg_buses: list[int]) -> Network:
+    """Every bus reachable from the substation as a node (by depth), every line an edge, the loads per node."""
+    depth = {}
+    for b in parent_bus:
+        d, u = 0, b
+        while parent_bus[u] != -1:
+            u, d = parent_bus[u], d + 1
+        depth[b] = d
+    order = sorted(parent_bus, key=lambda b: (depth[b], b))
+    pos = {b: k for k, b in enumerate(order)}
+    parent = np.array([-1] + [pos[parent_bus[b]] for b in order[1:]], dtype=np.int64)
+    lines = [via_line[b] for b in order[1:]]
+    line = feeder.line.loc[lines]
+    r_ohm = (line.r_ohm_per_km * line.length_km / line.parallel).to_numpy(float)
+    x_ohm = (line.x_ohm_per_km * line.length_km / line.parallel).to_numpy(float)
+    bg_p, bg_q = np.zeros(len(order)), np.zeros(len(order))
+    loads = feeder.load[feeder.load.in_service]
+    for b, p_mw, q_mvar, scale in zip(loads.bus, loads.p_mw, loads.q_mvar, loads.scaling):
+        if int(b) in pos:
+            bg_p[pos[int(b)]] += 1000.0 * p_mw * scale
+            bg_q[pos[int(b)]] += 1000.0 * q_mvar * scale
+    base_kv = float(feeder.bus.vn_kv.loc[order[0]])
+    base_mva = float(feeder.sn_mva)
+    z_base = base_kv ** 2 / base_mva
+    return Network(buses=tuple(order), parent=parent, r_pu=r_ohm / z_base, x_pu=x_ohm / z_base, r_ohm=r_ohm,
+                   x_ohm=x_ohm, edge_lines=tuple((int(li),) for li in lines),
+                   mg_node=np.array([pos[b] for b in mg_buses], dtype=np.int64), aggregation="sum",
+                   base_kv=base_kv, base_mva=base_mva, topology="feeder", background_p_kw=bg_p,
+                   background_q_kvar=bg_q)

@@ -239,3 +239,71 @@ def test_to_pandapower_topology_and_no_load_flow(feeder):
         pp.runpp(ppnet, numba=False, lightsim2grid=False)
     assert np.allclose(ppnet.res_bus.vm_pu, 1.0, atol=1e-10)
     assert abs(ppnet.res_line.pl_mw.sum()) < 1e-12
+
+
+# ---------------------------------------------------------------------------------------------- full feeder topology
+def test_full_feeder_topology_of_case33bw():
+    """Every bus a node, every in-service line its own edge with its own impedance, every bus with its own load."""
+    import pandapower.networks as pn
+
+    ref = pn.case33bw()
+    net = build_network([17, 21, 24, 32], topology="feeder")
+    assert net.topology == "feeder" and net.n_nodes == 33 and net.n_edges == 32 and net.buses[0] == 0
+    assert net.background_p_kw.sum() == pytest.approx(1000 * ref.load.p_mw.sum())  # 3715 kW
+    assert net.background_q_kvar.sum() == pytest.approx(1000 * ref.load.q_mvar.sum())  # 2300 kVar
+    for k in range(net.n_edges):
+        (li,) = net.edge_lines[k]
+        line = ref.line.loc[li]
+        assert {int(line.from_bus), int(line.to_bus)} == {net.buses[net.parent[k + 1]], net.buses[k + 1]}
+        assert net.r_ohm[k] == pytest.approx(line.r_ohm_per_km * line.length_km)
+    assert [net.buses[j] for j in net.mg_node] == [17, 21, 24, 32]
+    assert "feeder topology" in net.table() and "3715.0 kW" in net.table()
+
+
+def test_full_feeder_exported_to_pandapower_has_case33bw_power_flow():
+    """The network as data, exported back to pandapower with its loads, gives case33bw's own AC power flow: the
+    same voltages at every bus (v_min 0.913 p.u. at bus 17) and the same losses (~203 kW)."""
+    import pandapower as pp
+    import pandapower.networks as pn
+
+    ref = pn.case33bw()
+    pp.runpp(ref)
+    net = build_network([17], topology="feeder")
+    mine = net.to_pandapower()
+    pp.runpp(mine)
+    v_ref = ref.res_bus.vm_pu.loc[list(net.buses)].to_numpy()
+    np.testing.assert_allclose(mine.res_bus.vm_pu.to_numpy(), v_ref, atol=1e-9)
+    assert mine.res_line.pl_mw.sum() == pytest.approx(ref.res_line.pl_mw.sum(), rel=1e-9)
+    assert v_ref.min() == pytest.approx(0.913, abs=1e-3) and 1000 * ref.res_line.pl_mw.sum() == pytest.approx(203, abs=1)
+
+
+def test_another_radial_pandapower_feeder_kerber():
+    """A Kerber low-voltage feeder: its substation transformer's secondary bus becomes the root."""
+    import pandapower.networks as pn
+
+    kerber = pn.create_kerber_landnetz_freileitung_1()
+    net = build_network([5, 9], topology="feeder", feeder=kerber)
+    assert net.buses[0] == 1 and net.base_kv == pytest.approx(0.4)  # the trafo's LV bus
+    assert net.n_nodes == 14 and net.n_edges == 13
+    assert net.background_p_kw.sum() == pytest.approx(1000 * kerber.load.p_mw.sum())
+    reduced = build_network([5, 9], topology="reduced", feeder=kerber)
+    assert reduced.buses[0] in net.buses
+
+
+def test_meshed_or_unsupported_feeders_are_refused():
+    import pandapower.networks as pn
+
+    meshed = pn.case33bw()
+    meshed.line.loc[:, "in_service"] = True  # the five tie lines closed
+    with pytest.raises(NetworkError, match="meshed network: line .* closes a loop"):
+        build_network([17], topology="feeder", feeder=meshed)
+    with pytest.raises(NetworkError, match="meshed"):
+        build_network([17], topology="reduced", feeder=meshed)  # the reduced topology was silently wrong before
+    two = pn.case33bw()
+    import pandapower as pp
+
+    pp.create_ext_grid(two, bus=17)
+    with pytest.raises(NetworkError, match="exactly one in-service ext_grid"):
+        build_network([5], topology="feeder", feeder=two)
+    with pytest.raises(NetworkError, match="topology must be"):
+        build_network([5], topology="full")
