@@ -71,7 +71,14 @@ class OPFConfig:
     """Upper layer: the SOCP-relaxed branch-flow OPF between microgrids (docs/model.md, "Upper layer")."""
 
     topology: str = "reduced"
-    """``"reduced"``: the microgrid buses plus the branching buses the tree needs (the paper's)."""
+    """``"reduced"``: the microgrid buses plus the branching buses the tree needs (the paper's). ``"feeder"``: every
+    bus and line of the feeder with its own load, the substation (the root) the only connection to the main grid;
+    each microgrid's trades are delivered through it (docs/model.md, "The full feeder")."""
+    substation_v_pu: float = 1.0
+    """Voltage the substation holds at the root (p.u.; an on-load tap changer typically holds 1.02–1.05)."""
+    background_load_scale: float = 1.0
+    """Full feeder: the feeder's own load is its nominal load (case33bw: 3715 kW) × this × the dataset's load_pu of
+    the hour."""
     impedance_aggregation: str = "mean"
     """How an edge's impedance aggregates the feeder branches it stands for: ``"mean"`` (the paper) or
     ``"sum"`` (physical series impedance)."""
@@ -207,6 +214,7 @@ _OPF_RULES: dict[str, tuple] = {
     "curtailment_cost_eur_per_kwh": (0.0, False, _C, " (curtailing must not earn)"),
     "voltage_penalty_eur_per_pu_h": (0.0, True, 1e9, " (soft voltage limits need a positive penalty)"),
     "solver_base_mva": (1e-3, False, 1e3, " (or None: automatic)"),
+    "substation_v_pu": (0.9, False, 1.1, " (p.u.)"), "background_load_scale": (0.0, False, 10.0, ""),
 }
 _OPF_OPTIONAL = ("current_limit_ka", "solver_base_mva")
 
@@ -239,9 +247,7 @@ def validate_config(cfg: EnvConfig) -> None:
     _check(len(set(buses)) == len(buses), f"microgrids: duplicate buses {buses}; each microgrid needs its own bus")
     o = cfg.opf
     _check(isinstance(o, OPFConfig), f"opf must be an OPFConfig (or a dict of its fields), got {type(o).__name__}")
-    _check(o.topology == "reduced",
-           f"opf.topology={o.topology!r}: the OPF runs on the 'reduced' network only; the full feeder exists as a "
-           f"network (build_network(buses, topology='feeder')), its OPF and settlement are planned")
+    _check(o.topology in ("reduced", "feeder"), f"opf.topology must be 'reduced' or 'feeder', got {o.topology!r}")
     _check(o.impedance_aggregation in ("mean", "sum"),
            f"opf.impedance_aggregation must be 'mean' or 'sum', got {o.impedance_aggregation!r}")
     for name, (lo, strict, hi, why) in _OPF_RULES.items():

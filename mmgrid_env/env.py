@@ -259,6 +259,8 @@ class MultiMicrogridEnv(ParallelEnv):
         self._day_exo = np.stack([self._day_pv_kw, self._day_wt_kw, self._day_load_kw, self._day_q_load_kvar],
                                  axis=2).tolist()
         self._day_price_list = self._day_price.tolist()
+        # full feeder: the factor on the feeder's own nominal load, hour by hour (the dataset's load profile)
+        self._day_background = (self.config.opf.background_load_scale * load_pu[:, 0]).tolist()
         space = self._obs_spaces[self.possible_agents[0]]
         # clip guards float32 rounding at the bounds only
         self._day_obs = np.clip(np.stack(cols, axis=2).astype(np.float32), space.low, space.high)
@@ -392,7 +394,8 @@ class MultiMicrogridEnv(ParallelEnv):
                  for prm, soc, a, (pv, wt, load, q_load) in zip(self._mg_params, self._soc_list, act, exo)]
         p_net = [r.p_net_kw for r in lower]
         opf: OPFResult = self.opf.solve(p_net, [r.q_net_kvar for r in lower], price, [r.p_grid_kw for r in lower],
-                                        [r.q_grid_kvar for r in lower], [ex[0] + ex[1] for ex in exo])
+                                        [r.q_grid_kvar for r in lower], [ex[0] + ex[1] for ex in exo],
+                                        self._day_background[hour])
         alpha, beta = cfg.alpha, cfg.beta
         cost_lower = [r.cost_lower_eur for r in lower]
         r_lower = [-(alpha * c + beta * r.soc_violation) for c, r in zip(cost_lower, lower)]

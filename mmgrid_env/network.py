@@ -124,10 +124,13 @@ class Network:
     def __str__(self) -> str:  # pragma: no cover - convenience
         return self.table()
 
-    def to_pandapower(self, p_inj_kw: Sequence[float] | None = None, q_inj_kvar: Sequence[float] | None = None):
-        """A pandapower net of this (reduced) topology, for AC validation.
+    def to_pandapower(self, p_inj_kw: Sequence[float] | None = None, q_inj_kvar: Sequence[float] | None = None,
+                      background: bool = True, root_v_pu: float = 1.0):
+        """A pandapower net of this topology, for AC validation.
 
-        Root node = ``ext_grid`` at 1.0 p.u.; node injections (kW/kVar, generation positive) become ``sgen``s.
+        Root node = ``ext_grid`` at ``root_v_pu``; node injections (kW/kVar, generation positive) become ``sgen``s;
+        with ``background`` the nodes' own loads at nominal become ``load``s (leave it off when the injections
+        already hold them).
         """
         import pandapower as pp
 
@@ -138,8 +141,8 @@ class Network:
             pp.create_line_from_parameters(net, from_bus=int(self.parent[k + 1]), to_bus=k + 1, length_km=1.0,
                                            r_ohm_per_km=float(self.r_ohm[k]), x_ohm_per_km=float(self.x_ohm[k]),
                                            c_nf_per_km=0.0, max_i_ka=99999.0)
-        pp.create_ext_grid(net, bus=0, vm_pu=1.0, va_degree=0.0)
-        for j in np.flatnonzero((self.background_p_kw != 0) | (self.background_q_kvar != 0)):
+        pp.create_ext_grid(net, bus=0, vm_pu=root_v_pu, va_degree=0.0)
+        for j in np.flatnonzero(((self.background_p_kw != 0) | (self.background_q_kvar != 0)) & background):
             pp.create_load(net, bus=int(j), p_mw=self.background_p_kw[j] / 1000.0,
                            q_mvar=self.background_q_kvar[j] / 1000.0)
         if p_inj_kw is not None:

@@ -338,7 +338,21 @@ class ConicOPF:
         # the curtailment bound (the microgrid's renewable output), the shedding bound max(−p, 0) and the spill
         # bound max(p, 0)
         Z = {name: [_Affine(z={k * M + m: 1.0}) for m in range(M)]
-             for k, name in enumerate(("p", "q", "buy_room", "sell_room", "q_import_room", "q_export_room", "curtail_max", "shed_max", "spill_max"))}
+             for k, name in enumerate(("p", "q", "buy_room", "sell_room", "q_import_room", "q_export_room",
+                                       "curtail_max", "shed_max", "spill_max"))}
+        # the full feeder (topology "feeder") adds: each microgrid's physical injection into its bus (p − P_grid, less
+        # its bus's background load) and reactive injection (q less the bus's background load), and the background
+        # load of every other bus (as −P, −Q)
+        self.feeder = network.topology == "feeder"
+        self.n_z = 9 * M + (2 * M + 2 * (n - 1) if self.feeder else 0)
+        if self.feeder:
+            k0 = 9 * M
+            Z["g"] = [_Affine(z={k0 + m: 1.0}) for m in range(M)]
+            Z["qg"] = [_Affine(z={k0 + M + m: 1.0}) for m in range(M)]
+            Z["bgp"] = [None] + [_Affine(z={k0 + 2 * M + j - 1: 1.0}) for j in range(1, n)]
+            Z["bgq"] = [None] + [_Affine(z={k0 + 2 * M + n - 1 + j - 1: 1.0}) for j in range(1, n)]
+            if 0 in mg_at:
+                raise ValueError("on the full feeder the root is the substation: no microgrid can sit at its bus")
         # --- variables
         self.ix: dict[str, list] = {}
         self._sl: dict[str, slice] = {}  # the same, as slices of x
@@ -352,8 +366,10 @@ class ConicOPF:
             return [_Affine({i: 1.0}) for i in self.ix[name]]
 
         rows_eq, rows_nn, rows_soc = [], [], []
-        self._p_balance_rows: list[int] = []
-        V = [_Affine(c=1.0)] + new("v", n - 1)  # the root's voltage is the constant 1 p.u.
+        self._p_balance_rows: list[int] = [0] * M  # per microgrid (not node order): the rows whose duals price it
+        self._p_settle_rows: list[int] = [0] * M
+        v0_sq = cfg.substation_v_pu ** 2
+        V = [_Affine(c=v0_sq)] + new("v", n - 1)  # the root's voltage is the substation's set-point
         L, Pf, Qf = new("l", E), new("P", E), new("Q", E)
         dpu, dpd = new("dpu", M), new("dpd", M)
         CUR, SHD = new("cur", M), new("shd", M)  # curtailment of the microgrid's own generation, load shedding
@@ -361,11 +377,13 @@ class ConicOPF:
         T = new("t", M)  # epigraph of the reactive cost, in units of c_q
         SVH, SVL = [None] + new("v_slack_hi", n - 1), [None] + new("v_slack_lo", n - 1)
         SPL = new("spill", M)  # surplus that neither curtailment (generation only) nor export headroom absorbs
-        S = [_Affine(c=max(0.0, 1.0 - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - 1.0))]  # the root's violation
+        S = [_Affine(c=max(0.0, v0_sq - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - v0_sq))]  # the root's violation
         S += [SVH[j] + SVL[j] for j in range(1, n)]
         self.n_var = n_var
         # node balances (eq. 11, 12): what leaves node j through the network = its injection
         for j in range(n):
+            if self.feeder and j == 0:
+                continue  # the substation: its injection is free (the feeder's only connection to the main grid)
             p_out = sum((Pf[e] for e in range(E) if frm[e] == j), _Affine())
             q_out = sum((Qf[e] for e in range(E) if frm[e] == j), _Affine())
             for e in range(E):
@@ -374,9 +392,17 @@ class ConicOPF:
                     q_out = q_out - Qf[e] + x[e] * L[e]
             m = mg_at.get(j)
             if m is None:
-                rows_eq += [p_out, q_out]
+                rows_eq += [p_out - Z["bgp"][j], q_out - Z["bgq"][j]] if self.feeder else [p_out, q_out]
                 continue
-            self._p_balance_rows.append(len(rows_eq))  # its dual is the microgrid's nodal price (DLMP)
+            self._p_balance_rows[m] = len(rows_eq)  # its dual is the microgrid's nodal price (DLMP)
+            if self.feeder:
+                # physically, the microgrid injects its own net (its trades come through the substation) ...
+                rows_eq.append(p_out - (Z["g"][m] - CUR[m] + SHD[m] - SPL[m]))
+                rows_eq.append(q_out - (Z["qg"][m] + U[m]))
+                # ... and ΔP settles what it actually takes beyond its schedule: ΔP + p − curt + shed − spill = 0
+                self._p_settle_rows[m] = len(rows_eq)  # p enters both rows (b = +p there, −p here)
+                rows_eq.append(dpu[m] - dpd[m] + Z["p"][m] - CUR[m] + SHD[m] - SPL[m])
+                continue
             rows_eq.append(p_out - (Z["p"][m] + dpu[m] - dpd[m] - CUR[m] + SHD[m] - SPL[m]))  # p + ΔP − c + s − spill
             rows_eq.append(q_out - (Z["q"][m] + U[m]))  # q + ΔQ + reactive slack
         # voltage drop (eq. 13)
@@ -418,7 +444,7 @@ class ConicOPF:
                     zr.append(k), zc.append(col), zv.append(-a)
             self.b_const[k] = -ex.c
         self.A = sp.csc_matrix((vals, (ri, ci)), shape=(self.m, n_var))
-        Bz = sp.csr_matrix((zv, (zr, zc)), shape=(self.m, 9 * M))
+        Bz = sp.csr_matrix((zv, (zr, zc)), shape=(self.m, self.n_z))
         self._b_rows = np.unique(zr)  # the rows that change with the step's data
         # --- objective: scaled to order one for the solver: € per (typical trade volume at 0.1 €/kWh)
         self.obj_scale_eur = trade_kw * 0.1 * self.dt_h
@@ -456,7 +482,7 @@ class ConicOPF:
         self._z_off = ([ub * a for a in self.grid_p_max_kw.tolist()], [ub * -a for a in self.grid_p_min_kw.tolist()],
                        [ub * a for a in self.grid_q_max_kvar.tolist()],
                        [ub * -a for a in self.grid_q_min_kvar.tolist()])
-        self._z = [0.0] * (9 * M)
+        self._z = [0.0] * self.n_z
         # q: the entries that change are one price times a coefficient (l: r·w; ΔP⁺, ΔP⁻, t: one coefficient for
         # all), between runs of constant ones
         q_const = self.q_const.tolist()
@@ -493,7 +519,7 @@ class ConicOPF:
             if a == 1.0 and base == 0.0 and math.copysign(1.0, base) < 0.0:
                 pos[r] = self.m + int(k)
             else:
-                pos[r] = self.m + 9 * M + len(nontrivial)
+                pos[r] = self.m + self.n_z + len(nontrivial)
                 nontrivial.append((int(k), a, base))
         self._b_src = b_const
         self._b_gather = _getter(pos)
@@ -509,13 +535,23 @@ class ConicOPF:
             raise AssertionError("ΔP⁺, ΔP⁻, curtailment, shedding, u expected next to each other in x")
         self._x_slices = (sl["v"], sl["l"], sl["P"], sl["Q"], slice(sl["dpu"].start, sl["u"].stop), sl["v_slack_hi"],
                           sl["v_slack_lo"], sl["spill"])
-        self._root_viol = max(0.0, 1.0 - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - 1.0)  # = S[0] (__init__)
+        self._v0_sq = cfg.substation_v_pu ** 2
+        self._root_viol = max(0.0, self._v0_sq - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - self._v0_sq)  # = S[0]
+        if self.feeder:  # the background load at nominal, solver per unit, per bus (the root's is the substation's)
+            self._bg_p = [self._ub * a for a in self.net.background_p_kw.tolist()]
+            self._bg_q = [self._ub * a for a in self.net.background_q_kvar.tolist()]
+            self._bg_mg_p = [self._bg_p[j] for j in mg_node]
+            self._bg_mg_q = [self._bg_q[j] for j in mg_node]
         self._r_list = self.r_pu.tolist()
         self._edge_from = frm.tolist()
         self._v_from = _getter(self._edge_from)
         self._mg_node = mg_node
         self._v_mg = _getter(mg_node)
-        self._dual_getter = _getter(self._p_balance_rows)
+        if self.feeder:
+            phys, settle = _getter(self._p_balance_rows), _getter(self._p_settle_rows)
+            self._dual_getter = lambda y: [a - b for a, b in zip(phys(y), settle(y))]  # noqa: E731
+        else:
+            self._dual_getter = _getter(self._p_balance_rows)
         # d(objective €)/d(injection kW) per hour from a balance row's dual: b = p / base_kw, objective ÷ obj_scale;
         # the sign makes it the price of consuming one kWh more at the node (Clarabel: A x + s = b, z ∈ K*)
         self._dual_to_eur_per_kwh = self.obj_scale_eur / (self.base_kw * self.dt_h)
@@ -558,7 +594,7 @@ class ConicOPF:
         return prices
 
     def _update(self, p_kw: list, q_kvar: list, price: float, p_grid_kw: list, q_grid_kvar: list,
-                renewable_kw: list):
+                renewable_kw: list, background_scale: float = 1.0):
         """Write the step's data z, cost vector q and right-hand side b (inputs: lists of M floats)."""
         prices = self._update_q(price)
         # z (solver per unit): p, q; the trade headroom clipped at 0 as np.maximum(·, 0.0) does (NaN and −0.0
@@ -572,6 +608,11 @@ class ConicOPF:
                           for c, a, o in zip(self._z_coef_h, p_grid_kw + p_grid_kw + q_grid_kvar + q_grid_kvar,
                                              self._z_off_h)]
                        + cur + [0.0 if (v := -ub * a) <= 0.0 else v for a in p_kw] + spill)
+        if self.feeder:
+            k = float(background_scale)
+            z += [ub * (a - g) - k * b for a, g, b in zip(p_kw, p_grid_kw, self._bg_mg_p)]
+            z += [ub * a - k * b for a, b in zip(q_kvar, self._bg_mg_q)]
+            z += [-k * b for b in self._bg_p[1:]] + [-k * b for b in self._bg_q[1:]]
         # b: its constant rows, entries of z, and a·z (+ the row's constant unless it is −0.0)
         nt = [a * v for a, v in zip(self._bn_coef, self._bn_z(z))]
         if self._bn_base is not None:
@@ -677,7 +718,7 @@ class ConicOPF:
                     raise ValueError(f"ConicOPF.solve: {name}[{m}] is {a!r}; every input must be finite")
 
     def solve(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None,
-              renewable_kw=None) -> OPFResult:
+              renewable_kw=None, background_scale: float = 1.0) -> OPFResult:
         """Solve for one step.
 
         Args:
@@ -689,6 +730,7 @@ class ConicOPF:
                 so curtailment ≤ renewable_kw (a neighbour's surplus may flow in while a microgrid curtails its
                 own PV); a surplus beyond curtailment and the export headroom is spilled at VOLL. ``None``:
                 curtailment ≤ the microgrid's surplus instead (env v0's bound) — the env always passes it.
+            background_scale: on the full feeder, the factor on every bus's nominal load this hour.
         """
         M = self.M
         if type(p_kw) is not list or len(p_kw) != M:  # the env's path: lists of M floats, used as they are
@@ -714,7 +756,9 @@ class ConicOPF:
         if not math.isfinite(sum(p_kw) + sum(q_kvar) + sum(p_grid_kw) + sum(q_grid_kvar) + price):
             self._reject_non_finite(p_kw=p_kw, q_kvar=q_kvar, p_grid_kw=p_grid_kw, q_grid_kvar=q_grid_kvar,
                                     price_eur_per_kwh=[price])
-        prices = self._update(p_kw, q_kvar, price, p_grid_kw, q_grid_kvar, ren)
+        if not (math.isfinite(background_scale) and background_scale >= 0.0):
+            raise ValueError(f"ConicOPF.solve: background_scale must be finite and >= 0, got {background_scale!r}")
+        prices = self._update(p_kw, q_kvar, price, p_grid_kw, q_grid_kvar, ren, background_scale)
         t0 = time.perf_counter()
         res = self._solve_chain(prices, t0)
         if res is None:
@@ -765,7 +809,7 @@ class ConicOPF:
             if type(x) is not list:
                 x = np.asarray(x, float).tolist()
             s_v, s_l, s_p, s_q, s_mg, s_svh, s_svl, s_spill = self._x_slices
-            v = [1.0] + x[s_v]  # the root's voltage is the constant 1 p.u.
+            v = [self._v0_sq] + x[s_v]  # the root's voltage is the substation's set-point
             l_raw, P, Q = x[s_l], x[s_p], x[s_q]
             mg = [a * bk for a in x[s_mg]]  # ΔP⁺, ΔP⁻, curtailment, shedding, u in kW / kVar
             spill_raw = [a * bk for a in x[s_spill]]
@@ -844,7 +888,8 @@ class ConicOPF:
         return res
 
     def solve_reference(self, p_kw, q_kvar, price_eur_per_kwh: float, p_grid_kw=None, q_grid_kvar=None,
-                        renewable_kw=None, solver: str = "ECOS", problem=None) -> OPFResult:
+                        renewable_kw=None, solver: str = "ECOS", problem=None,
+                        background_scale: float = 1.0) -> OPFResult:
         """Solve the same step with the cvxpy reference formulation and report it like :meth:`solve`.
 
         ``problem`` (from :func:`build_cvxpy_opf`) is re-used when given (DPP: compiled once); without it the
@@ -857,13 +902,13 @@ class ConicOPF:
         p_grid_kw = [0.0] * M if p_grid_kw is None else self._as_list(p_grid_kw, "p_grid_kw")
         q_grid_kvar = [0.0] * M if q_grid_kvar is None else self._as_list(q_grid_kvar, "q_grid_kvar")
         ren = self._no_renewable_bound if renewable_kw is None else self._as_list(renewable_kw, "renewable_kw")
-        prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar, ren)
+        prices = self._update(p_kw, q_kvar, float(price_eur_per_kwh), p_grid_kw, q_grid_kvar, ren, background_scale)
         if problem is None:
             problem = build_cvxpy_opf(self.net, self.cfg, M, self.dt_h, self.obj_scale_eur, self.solver_base_mva)
         prob, prm, var = problem
         limits = (self.grid_p_min_kw, self.grid_p_max_kw, self.grid_q_min_kvar, self.grid_q_max_kvar)
         set_cvxpy_params(prm, self.net, self.cfg, p_kw, q_kvar, price_eur_per_kwh, limits, p_grid_kw, q_grid_kvar,
-                         base_mva=self.solver_base_mva, renewable_kw=renewable_kw)
+                         base_mva=self.solver_base_mva, renewable_kw=renewable_kw, background_scale=background_scale)
         t0 = time.perf_counter()
         try:
             prob.solve(solver=getattr(cp, solver))
@@ -883,13 +928,22 @@ class ConicOPF:
         return self._result(None, prices, STATUS_OPTIMAL, "optimal", f"cvxpy/{solver}", wall,
                             float(stats.solve_time or 0.0), int(stats.num_iters or 0), [], out=out.tolist())
 
-    def node_injections_kw(self, p_kw, q_kvar, result: OPFResult) -> tuple[np.ndarray, np.ndarray]:
-        """Final injection at each node (kW, kVar) after the OPF's decisions — what an AC power flow needs."""
+    def node_injections_kw(self, p_kw, q_kvar, result: OPFResult, p_grid_kw=None,
+                           background_scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+        """Final injection at each node (kW, kVar) after the OPF's decisions — what an AC power flow needs. On the
+        full feeder: each microgrid's own net (p − P_grid, its trades come through the substation) and every
+        node's background load (× ``background_scale``), the substation (node 0) left to the power flow's slack."""
         pn, qn = np.zeros(self.n), np.zeros(self.n)
         mg = self.net.mg_node
-        pn[mg] = (np.asarray(p_kw) + result.delta_p_kw - result.curtailment_kw + result.shedding_kw
-                  - result.spill_kw)
-        qn[mg] = np.asarray(q_kvar) + result.delta_q_kvar + result.q_slack_kvar
+        adjust = -result.curtailment_kw + result.shedding_kw - result.spill_kw
+        if self.feeder:
+            pg = np.zeros(self.M) if p_grid_kw is None else np.asarray(p_grid_kw, float)
+            pn[mg] = np.asarray(p_kw) - pg + adjust
+            pn -= background_scale * self.net.background_p_kw
+            qn -= background_scale * self.net.background_q_kvar
+        else:
+            pn[mg] = np.asarray(p_kw) + result.delta_p_kw + adjust
+        qn[mg] += np.asarray(q_kvar) + result.delta_q_kvar + result.q_slack_kvar
         return pn, qn
 
 
@@ -902,6 +956,9 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
     ``dpd_max``, ``dqu_max``, ``dqd_max``, ``cur_max``, ``shd_max``, ``spl_max`` (per unit), and the € prices ``pi_up``,
     ``pi_dn``, ``w``, ``c_q``, ``c_qs`` (per kWh). The objective is in € divided by ``obj_scale_eur`` (order
     one for the solver, as in the fast path). Per-unit quantities are on ``base_mva`` (default: the feeder's).
+    On the full feeder (``network.topology == "feeder"``) also ``p_grid`` (per microgrid) and ``bg_p``, ``bg_q``
+    (every node's own load this hour): the substation's injection is free, each microgrid injects its own net
+    p − P_grid, and ΔP settles the rest (ΔP + p − curt + shed − spill = 0).
     """
     import cvxpy as cp
 
@@ -925,12 +982,22 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
            for k in ("dpu", "dpd", "dqu", "dqd", "cur", "shd", "spl", "qsu", "qsd")}
     svh, svl = cp.Variable(n, nonneg=True, name="v_slack_hi"), cp.Variable(n, nonneg=True, name="v_slack_lo")
     var.update(v=v, l=l, P=P, Q=Q, v_slack_hi=svh, v_slack_lo=svl)
-    inj_p = G @ (prm["p"] + var["dpu"] - var["dpd"] - var["cur"] + var["shd"] - var["spl"])
+    adjust = - var["cur"] + var["shd"] - var["spl"]
     inj_q = G @ (prm["q"] + var["dqu"] - var["dqd"] + var["qsu"] - var["qsd"])
+    out_p, out_q = C_out @ P - C_in @ (P - cp.multiply(r, l)), C_out @ Q - C_in @ (Q - cp.multiply(x, l))
+    if network.topology == "feeder":
+        prm.update(p_grid=cp.Parameter(M, name="p_grid"), bg_p=cp.Parameter(n, name="bg_p"),
+                   bg_q=cp.Parameter(n, name="bg_q"))
+        inj_p = G @ (prm["p"] - prm["p_grid"] + adjust) - prm["bg_p"]
+        inj_q = inj_q - prm["bg_q"]
+        balance = [out_p[1:] == inj_p[1:], out_q[1:] == inj_q[1:],  # eq. 11, 12; the substation's is free
+                   var["dpu"] - var["dpd"] + prm["p"] + adjust == 0]  # ΔP settles the rest of the schedule
+    else:
+        inj_p = G @ (prm["p"] + var["dpu"] - var["dpd"] + adjust)
+        balance = [out_p == inj_p, out_q == inj_q]  # eq. 11, 12
     cons = [
-        v[0] == 1.0,
-        C_out @ P - C_in @ (P - cp.multiply(r, l)) == inj_p,  # eq. 11
-        C_out @ Q - C_in @ (Q - cp.multiply(x, l)) == inj_q,  # eq. 12
+        v[0] == cfg.substation_v_pu ** 2,
+        *balance,
         v[to] == v[frm] - 2 * (cp.multiply(r, P) + cp.multiply(x, Q)) + cp.multiply(r ** 2 + x ** 2, l),  # eq. 13
         v <= cfg.v_max_pu ** 2 + svh, v >= cfg.v_min_pu ** 2 - svl,  # eq. 16, softened
         var["dpu"] <= prm["dpu_max"], var["dpd"] <= prm["dpd_max"],  # eq. 17
@@ -954,7 +1021,8 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
 
 
 def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_limits, p_grid_kw=None,
-                     q_grid_kvar=None, base_mva: float | None = None, renewable_kw=None):
+                     q_grid_kvar=None, base_mva: float | None = None, renewable_kw=None,
+                     background_scale: float = 1.0):
     """Fill the parameters of :func:`build_cvxpy_opf` for one step (same inputs as :meth:`ConicOPF.solve`)."""
     bk = (network.base_mva if base_mva is None else float(base_mva)) * 1000.0
     p_kw, q_kvar = np.asarray(p_kw, float), np.asarray(q_kvar, float)
@@ -975,6 +1043,10 @@ def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price,
     pi_up, pi_dn, w, c_q, c_qs = step_prices(price, cfg)
     prm["pi_up"].value, prm["pi_dn"].value, prm["w"].value = pi_up, pi_dn, w
     prm["c_q"].value, prm["c_qs"].value = c_q, c_qs
+    if network.topology == "feeder":
+        prm["p_grid"].value = p_grid_kw / bk
+        prm["bg_p"].value = background_scale * network.background_p_kw / bk
+        prm["bg_q"].value = background_scale * network.background_q_kvar / bk
 
 
 def solve_cvxpy_opf(network: Network, cfg: OPFConfig, p_kw, q_kvar, price, grid_limits, p_grid_kw=None,

@@ -58,7 +58,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .config import EnvConfig, make_config
+from .config import ConfigError, EnvConfig, make_config
 from .data import HOURS_PER_DAY, Dataset, load_dataset
 from . import devices
 from .devices import Quantities, cost_term_names, fleet_from_config, lower_layer_costs, soc_penalty
@@ -219,6 +219,9 @@ class DayOracle:
 
         t0 = time.perf_counter()
         cfg = make_config(config, **overrides) if (overrides or not isinstance(config, EnvConfig)) else config
+        if cfg.opf.topology != "reduced":
+            raise ConfigError(f"the oracle supports opf.topology='reduced' only (got {cfg.opf.topology!r}): the "
+                              f"full-feeder day program is not written yet")
         self.config = cfg
         self.solver = solver.upper()
         self.dataset = load_dataset(cfg.dataset)

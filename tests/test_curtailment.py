@@ -141,3 +141,17 @@ def test_dlmp_carries_the_losses_of_supplying_a_node_through_the_network():
     assert res.shedding_kw.sum() < 1e-6 and res.losses_kw > 0
     assert res.dlmp_eur_per_kwh[:3] == pytest.approx([0.12] * 3, abs=1e-4)  # π⁺ at c = 0.1, κ = 0.2
     assert res.dlmp_eur_per_kwh[3] > max(res.dlmp_eur_per_kwh[:3]) + 1e-4
+
+
+def test_dlmp_belongs_to_its_microgrid_whatever_the_node_order():
+    """Microgrids listed in another order than the network's nodes (by depth): each price is its own."""
+    opf = ConicOPF(build_network([24, 5, 17, 2], aggregation="sum"), OPFConfig(), **LIMITS)
+    p, q = np.array([40.0, -60.0, -100.0, 30.0]), np.zeros(4)
+    pg = np.array([0.0, 0.0, 300.0, 0.0])  # bus 17's own import at its limit: its price carries losses
+    res = opf.solve(p, q, 0.1, pg, q, np.zeros(4))
+    for m in range(4):
+        step = np.zeros(4)
+        step[m] = 0.5
+        fd = opf.solve(p - step, q, 0.1, pg, q, np.zeros(4)).objective_eur - \
+            opf.solve(p + step, q, 0.1, pg, q, np.zeros(4)).objective_eur
+        assert res.dlmp_eur_per_kwh[m] == pytest.approx(fd, abs=2e-6), m

@@ -154,6 +154,8 @@ def csv_file(draw):
         row = table[r]
         col = lambda name: header.index(name)  # noqa: E731
         numeric = [header.index(c) for c in REQUIRED[2:]]
+        if len(row) != len(header) and m not in ("drop_row", "swap_rows", "blank_lines", "crlf", "extra_field"):
+            continue  # an earlier mutation already broke this row's fields: nothing left to index
         if m == "drop_field":
             del row[rnd.randrange(len(row))]
         elif m == "extra_field":
@@ -175,8 +177,12 @@ def csv_file(draw):
             s = rnd.randrange(len(table) - 1)
             table[s], table[s + 1] = table[s + 1], table[s]
         elif m == "dup_day" and n_days > 1:
+            first = next((r0 for r0 in table if len(r0) == len(header)), None)
+            if first is None:
+                continue
             for row2 in table[24:48]:
-                row2[col("day")] = table[0][col("day")]
+                if len(row2) == len(header):  # earlier mutations may have broken or blanked rows
+                    row2[col("day")] = first[col("day")]
         elif m == "day_change":
             row[col("day")] = "1999-12-31"
         elif m == "blank_lines":  # blank lines are skipped: still valid
