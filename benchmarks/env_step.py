@@ -6,7 +6,10 @@ Clarabel's data update and solve), the OPF's own bookkeeping around them (writin
 result record), and the env's own work outside ``ConicOPF.solve`` (validation, device models, rewards, dicts,
 infos) — the last is what the env adds on top of the OPF.
 
-    python benchmarks/env_step.py [--episodes 40] [--reference-episodes 3]
+    python benchmarks/env_step.py [--episodes 40] [--reference-episodes 3] [--feeder]
+
+``--feeder``: the paper preset's microgrids at buses [17, 21, 24, 32] of the full case33bw feeder
+(``opf.topology="feeder"``, substation at 1.03 p.u.).
 """
 
 from __future__ import annotations
@@ -50,15 +53,19 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--episodes", type=int, default=40, help="episodes (24 steps) for the default env")
     ap.add_argument("--reference-episodes", type=int, default=3, help="episodes for the naive cvxpy reference")
+    ap.add_argument("--feeder", action="store_true", help="the full case33bw feeder instead of the reduced network")
     args = ap.parse_args(argv)
+    kw = dict(microgrid_buses=[17, 21, 24, 32], opf={"topology": "feeder", "substation_v_pu": 1.03}) \
+        if args.feeder else {}
 
-    env = parallel_env()
+    env = parallel_env(**kw)
     run(env, 2)  # warm-up: first solves allocate the solver
     fast, fast_solver, fast_opf = run(env, args.episodes)
 
-    naive = parallel_env()
+    naive = parallel_env(**kw)
     conic = naive.opf
-    naive.opf.solve = lambda p, q, c, pg, qg: conic.solve_reference(p, q, c, pg, qg)  # rebuilt every call
+    naive.opf.solve = lambda p, q, c, pg, qg, ren, bg: conic.solve_reference(  # rebuilt every call
+        p, q, c, pg, qg, ren, solver="CLARABEL", background_scale=bg)
     slow, _, _ = run(naive, args.reference_episodes)
 
     rows = [
