@@ -5,7 +5,7 @@ needed a solver fallback (expected: 0), the relaxation gap and the network's pow
 bounds the docs state (docs/model.md, "Validation"): the share of steps within each bound, the worst value and
 the 99.9th percentile.
 
-    python benchmarks/soak.py [--placement paper|8|32] [--steps 100000] [--extreme-share 0.3]
+    python benchmarks/soak.py [--placement paper|8|32|feeder] [--steps 100000] [--extreme-share 0.3]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ PLACEMENTS = {
     "paper": None,  # the preset's 4 microgrids at buses [1, 2, 5, 24]
     "8": (1, 2, 5, 8, 12, 18, 24, 29),
     "32": tuple(range(1, 33)),  # a microgrid at every bus but the substation's
+    "feeder": (17, 21, 24, 32),  # the paper preset's microgrids at the feeder ends of the full 33-bus feeder
 }
 
 
@@ -37,6 +38,8 @@ def make_env(placement: str, aggregation: str):
     buses = PLACEMENTS[placement]
     if buses is None:
         return parallel_env(opf={"impedance_aggregation": aggregation})
+    if placement == "feeder":  # the full feeder with its own load, the substation at 1.03 p.u.
+        return parallel_env(microgrid_buses=buses, opf={"topology": "feeder", "substation_v_pu": 1.03})
     base = presets["paper"].microgrids
     mgs = [dataclasses.replace(base[k % len(base)], bus=b) for k, b in enumerate(buses)]
     return parallel_env(microgrids=mgs, opf={"impedance_aggregation": aggregation})
@@ -55,6 +58,7 @@ def main(argv=None):
     rng = np.random.default_rng(args.seed)
     env = make_env(args.placement, args.aggregation)
     agents = env.possible_agents
+    placement_is_feeder = env.config.opf.topology == "feeder"
     counts = {0: 0, 1: 0, 2: 0}
     repairs = {-1: 0, 0: 0, 1: 0}
     gaps, residuals = [], []
@@ -83,9 +87,15 @@ def main(argv=None):
             counts[int(info["opf_status"])] += 1
             repairs[int(info["opf_exactness_repair"])] += 1
             gaps.append(info["relaxation_gap_pu"])
-            # network balance: what the microgrids inject after the OPF is what the lines lose
-            inj = sum(infos[a]["p_net_kw"] + infos[a]["delta_p_kw"] - infos[a]["curtailment_kw"]
-                      + infos[a]["shedding_kw"] for a in agents)
+            # network balance: what enters the network (microgrids after the OPF; on the full feeder the microgrids'
+            # own net, the substation and the feeder's load) is what the lines lose
+            if placement_is_feeder:
+                inj = sum(infos[a]["p_net_kw"] - infos[a]["p_grid_kw"] - infos[a]["curtailment_kw"]
+                          + infos[a]["shedding_kw"] - infos[a]["spill_kw"] for a in agents)
+                inj += info["substation_p_kw"] - info["background_load_kw"]
+            else:
+                inj = sum(infos[a]["p_net_kw"] + infos[a]["delta_p_kw"] - infos[a]["curtailment_kw"]
+                          + infos[a]["shedding_kw"] - infos[a]["spill_kw"] for a in agents)
             residuals.append(abs(inj - info["loss_kw"]))
             steps += 1
             if steps == args.warmup:

@@ -54,12 +54,15 @@ class _StepRecord:
 SYSTEM_INFO_KEYS = (
     "hour", "day", "cost_upper_eur", "loss_kw", "loss_cost_eur", "voltage_penalty_eur", "cost_total_eur",
     "team_reward", "relaxation_gap_pu", "voltage_violation_pu", "opf_status", "opf_exactness_repair",
+    "substation_p_kw", "background_load_kw",
 )
 """System-wide keys, the same in every agent's info. ``cost_total_eur`` = Σ lower-layer € + upper-layer €;
 ``voltage_violation_pu``: the largest violation of the squared-voltage limits (p.u.², 0 when they hold);
 ``opf_status``: 0 optimal, 1 fallback solver, 2 safe dispatch (see :mod:`mmgrid_env.opf`);
 ``opf_exactness_repair``: 1 when the step was re-solved with losses priced above VOLL because its relaxation gap
-exceeded 1e-6 p.u. (a surplus that only spill could absorb), −1 when that did not help, else 0. Infos hold only
+exceeded 1e-6 p.u. (a surplus that only spill could absorb), −1 when that did not help, else 0;
+``substation_p_kw``, ``background_load_kw`` (full feeder only, 0 otherwise): what the substation delivers into the
+feeder and the feeder's own load this hour. Infos hold only
 deterministic numbers (same seed and actions → same infos): solve times are in ``env.last_step["opf"]``."""
 
 
@@ -421,6 +424,7 @@ class MultiMicrogridEnv(ParallelEnv):
             "relaxation_gap_pu": opf.relaxation_gap_pu, "voltage_violation_pu": opf.voltage_violation_pu,
             "opf_status": float(opf.status_code),
             "opf_exactness_repair": float(opf.exactness_repair),
+            "substation_p_kw": opf.substation_p_kw, "background_load_kw": opf.background_p_kw,
         }
         agents = self.possible_agents
         own = self._obs.copy()  # the caller's arrays: writing into them must not reach state()

@@ -135,6 +135,11 @@ class OPFResult:
     """Per microgrid, by name, as lists of floats — the source of the per-microgrid arrays."""
     network_lists: tuple = field(default=((), (), (), (), 1.0, 1.0), repr=False, compare=False)
     """(v, l, P, Q) in the solver's per unit, then its power base (kW) and current base (kA)."""
+    substation_p_kw: float = 0.0
+    """Full feeder: the active power the substation delivers into the feeder (kW; negative: the feeder exports).
+    0 on the reduced network, whose microgrids trade at their own connections."""
+    background_p_kw: float = 0.0
+    """Full feeder: the feeder's own load this hour (kW), Σ over its buses."""
     exactness_repair: int = 0
     """1: the first answer's relaxation gap exceeded ``ConicOPF.exactness_tol_pu`` and a re-solve with losses priced
     above VOLL gave this (exact) answer; −1: tried, not better; 0: not needed."""
@@ -542,11 +547,14 @@ class ConicOPF:
             self._bg_q = [self._ub * a for a in self.net.background_q_kvar.tolist()]
             self._bg_mg_p = [self._bg_p[j] for j in mg_node]
             self._bg_mg_q = [self._bg_q[j] for j in mg_node]
+            self._bg_total_kw = float(self.net.background_p_kw.sum())
         self._r_list = self.r_pu.tolist()
         self._edge_from = frm.tolist()
         self._v_from = _getter(self._edge_from)
         self._mg_node = mg_node
         self._v_mg = _getter(mg_node)
+        self._root_edges = [e for e in range(self.E) if int(frm[e]) == 0]
+        self._background_kw = 0.0
         if self.feeder:
             phys, settle = _getter(self._p_balance_rows), _getter(self._p_settle_rows)
             self._dual_getter = lambda y: [a - b for a, b in zip(phys(y), settle(y))]  # noqa: E731
@@ -610,6 +618,7 @@ class ConicOPF:
                        + cur + [0.0 if (v := -ub * a) <= 0.0 else v for a in p_kw] + spill)
         if self.feeder:
             k = float(background_scale)
+            self._background_kw = k * self._bg_total_kw
             z += [ub * (a - g) - k * b for a, g, b in zip(p_kw, p_grid_kw, self._bg_mg_p)]
             z += [ub * a - k * b for a, b in zip(q_kvar, self._bg_mg_q)]
             z += [-k * b for b in self._bg_p[1:]] + [-k * b for b in self._bg_q[1:]]
@@ -860,10 +869,14 @@ class ConicOPF:
         gap = max([le - (p * p + q * q) / (1e-9 if 1e-9 > vi else vi)  # / max(v_from, 1e-9)
                    for le, p, q, vi in zip(l, P, Q, self._v_from(v))], default=0.0) * self._gap_to_feeder_pu
         viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
-        return OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
-                         viol, wall, solver_time, iters, errors,
-                         _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg, dlmp)),
-                         (v, l, P, Q, bk, self.i_base_ka))
+        res = OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
+                        viol, wall, solver_time, iters, errors,
+                        _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg, dlmp)),
+                        (v, l, P, Q, bk, self.i_base_ka))
+        if self.feeder:  # what the substation delivers into the feeder: the flows leaving the root
+            res.substation_p_kw = sum([P[e] for e in self._root_edges]) * bk
+            res.background_p_kw = self._background_kw
+        return res
 
     def _safe_dispatch(self, p_kw, q_kvar, prices, wall, errors, renewable_kw) -> OPFResult:
         """Last resort: settle each imbalance with the main grid within headroom, then curtail (generation only),

@@ -109,5 +109,11 @@ def test_feeder_env_steps_exactly_with_energy_accounting():
             assert d["delta_p_kw"] == pytest.approx(-d["p_net_kw"] + d["curtailment_kw"] - d["shedding_kw"]
                                                     + d["spill_kw"], abs=1e-6)
         assert sum(rew.values()) == pytest.approx(infos["mg_0"]["team_reward"], abs=1e-9)
+        # the feeder's balance: the microgrids' own net, the substation and the feeder's load make the losses
+        own = sum(infos[a]["p_net_kw"] - infos[a]["p_grid_kw"] - infos[a]["curtailment_kw"] + infos[a]["shedding_kw"]
+                  - infos[a]["spill_kw"] for a in env.possible_agents)
+        sysd = infos["mg_0"]
+        assert own + sysd["substation_p_kw"] - sysd["background_load_kw"] == pytest.approx(sysd["loss_kw"], abs=1e-6)
+        assert sysd["background_load_kw"] > 0
     with pytest.raises(ConfigError, match="oracle supports opf.topology='reduced' only"):
         solve_day(env.config, 4)
