@@ -398,8 +398,9 @@ def day_profiles(env) -> np.ndarray:
     net load (P_load − P_PV − P_WT) ÷ its load peak, hour by hour (public data: ``env.dataset``, ``env.config``)."""
     ds, cfg = env.dataset, env.config
     feats = [ds.price_eur_per_kwh / cfg.price_scale_eur_per_kwh]
-    for mg in cfg.microgrids:
-        feats.append((mg.load_peak_kw * ds.load_pu - mg.pv_kwp * ds.pv_pu - mg.wt_kw * ds.wind_pu) / mg.load_peak_kw)
+    for mg in cfg.microgrids:  # each microgrid's own profiles
+        feats.append((mg.load_peak_kw * ds.column(mg.load_profile) - mg.pv_kwp * ds.column(mg.pv_profile)
+                      - mg.wt_kw * ds.column(mg.wind_profile)) / mg.load_peak_kw)
     return np.concatenate(feats, axis=1).astype(np.float32)
 
 

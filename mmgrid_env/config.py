@@ -22,6 +22,10 @@ __all__ = [
 ]
 
 
+PROFILE_FIELDS = ("load_profile", "pv_profile", "wind_profile")
+"""The :class:`MicrogridConfig` fields that name dataset columns (checked against the dataset by the env)."""
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field and the problem."""
 
@@ -64,6 +68,11 @@ class MicrogridConfig:
     grid_p_max_kw: float = 300.0
     grid_q_min_kvar: float = -200.0
     grid_q_max_kvar: float = 200.0
+    # Which per-unit columns of the dataset drive this microgrid (e.g. a SimBench household or commercial load
+    # shape of the bundled data, ``Dataset.columns``); P_load = load_peak_kw × load_profile(t) and so on
+    load_profile: str = "load_pu"
+    pv_profile: str = "pv_pu"
+    wind_profile: str = "wind_pu"
 
 
 @dataclass(frozen=True)
@@ -233,6 +242,9 @@ def validate_config(cfg: EnvConfig) -> None:
     for i, mg in enumerate(cfg.microgrids):
         where = f"microgrids[{i}]"
         _check_int(f"{where}.bus", mg.bus, lo=0)
+        for name in PROFILE_FIELDS:
+            _check(isinstance(getattr(mg, name), str) and getattr(mg, name),
+                   f"{where}.{name} must name a per-unit column of the dataset, got {getattr(mg, name)!r}")
         for name, (lo, strict, hi, why) in _MICROGRID_RULES.items():
             _check_number(f"{where}.{name}", getattr(mg, name), lo=lo, hi=hi, lo_open=strict, what=why)
         _check(mg.mt_min_kw <= mg.mt_max_kw, f"{where}: mt_min_kw {mg.mt_min_kw} > mt_max_kw {mg.mt_max_kw}")

@@ -14,6 +14,7 @@ one is parsed once per process and cached) can be shared by any number of enviro
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import io
 import math
@@ -21,7 +22,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -121,6 +122,18 @@ def _check_days(days: tuple[str, ...]) -> None:
         first[label] = i
 
 
+class _ReadOnlyDict(dict):
+    """A dict that refuses changes (a dataset's profiles) and still pickles."""
+
+    def _read_only(self, *args, **kwargs):
+        raise TypeError("a dataset's profiles are read-only; build a new Dataset to change them")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self):
+        return (_ReadOnlyDict, (dict(self),))
+
+
 @dataclass(frozen=True)
 class Dataset:
     """Per-unit profiles and prices, shape ``(n_days, 24)`` each.
@@ -153,6 +166,9 @@ class Dataset:
     load_pu: np.ndarray
     price_eur_per_kwh: np.ndarray
     name: str = "custom"
+    profiles: Mapping[str, np.ndarray] | None = None
+    """More per-unit columns (name → (n_days, 24)), e.g. the SimBench load shapes of the bundled data: a microgrid
+    picks its own with ``MicrogridConfig.load_profile`` / ``pv_profile`` / ``wind_profile``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.days, (str, bytes)):
@@ -176,6 +192,36 @@ class Dataset:
             np.minimum(getattr(self, key), 1.0, out=getattr(self, key))
         for key in (*PU_COLUMNS, "price_eur_per_kwh"):
             getattr(self, key).setflags(write=False)
+        profiles = {}
+        for key, arr in dict(self.profiles or {}).items():
+            key = str(key)
+            if key in (*PU_COLUMNS, "price_eur_per_kwh"):
+                raise DataError(f"profiles: {key!r} is a main column of the dataset; give the profile another name")
+            a = _as_float_array(arr, key)
+            if a.shape != (len(days), HOURS_PER_DAY):
+                raise DataError(f"profiles[{key!r}]: expected shape ({len(days)}, 24), got {a.shape}")
+            bad = np.argwhere(~np.isfinite(a) | (a < 0) | (a > 1.0 + PU_TOLERANCE))
+            if bad.size:
+                d, h = bad[0]
+                raise DataError(f"profiles[{key!r}]: value {a[d, h]} at day {_label(days[d])} hour {h} is not in [0, 1] "
+                                f"(profiles are per unit of their peak)")
+            a = np.minimum(a, 1.0)
+            a.setflags(write=False)
+            profiles[key] = a
+        object.__setattr__(self, "profiles", _ReadOnlyDict(profiles))
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """Every per-unit column a microgrid can use: ``pv_pu``, ``wind_pu``, ``load_pu`` and the profiles."""
+        return (*PU_COLUMNS, *self.profiles)
+
+    def column(self, name: str) -> np.ndarray:
+        """A per-unit column by name, shape (n_days, 24) (read-only)."""
+        if name in PU_COLUMNS:
+            return getattr(self, name)
+        if name in self.profiles:
+            return self.profiles[name]
+        raise DataError(f"unknown column {name!r}; this dataset has {list(self.columns)}")
 
     def __setstate__(self, state: dict) -> None:
         """Unpickling / deep copies: restore the fields, then copy, validate and freeze the arrays as on init."""
@@ -432,7 +478,8 @@ def load_dataset(source: "str | os.PathLike | Dataset" = "smard_lu_2024") -> Dat
     if key in BUNDLED_DATASETS:
         if key not in _CACHE:  # bundled files never change: parse once per process
             raw = resources.files("mmgrid_env").joinpath("data", BUNDLED_DATASETS[key]).read_bytes()
-            _CACHE[key] = _parse_csv(_decode(raw, key, compressed=True), key)
+            ds = _parse_csv(_decode(raw, key, compressed=True), key)
+            _CACHE[key] = dataclasses.replace(ds, profiles=_simbench_profiles(ds))
         return _CACHE[key]
     if not os.path.exists(key):
         raise DataError(f"dataset {key!r} is neither a bundled dataset {sorted(BUNDLED_DATASETS)} "
@@ -444,3 +491,35 @@ def load_dataset(source: "str | os.PathLike | Dataset" = "smard_lu_2024") -> Dat
         raise DataError(f"{key}: cannot read the file ({e.strerror or e}); give a readable CSV file") from None
     compressed = key.endswith(".gz") or raw[:2] == b"\x1f\x8b"
     return _parse_csv(_decode(raw, key, compressed), key)
+
+
+SIMBENCH_FILE = "simbench_2016_hourly_profiles.csv.gz"
+SIMBENCH_COLUMNS = {
+    "simbench_H0_load_pu": "H0_A_p_pu", "simbench_G0_load_pu": "G0_A_p_pu", "simbench_G1_load_pu": "G1_A_p_pu",
+    "simbench_L0_load_pu": "L0_A_p_pu", "simbench_pv3_pu": "pv3_pu", "simbench_pv5_pu": "pv5_pu",
+    "simbench_wp4_pu": "wp4_pu", "simbench_wp7_pu": "wp7_pu",
+}
+"""The SimBench profiles the bundled dataset carries (name → SimBench column): household (H0), commercial (G0, G1:
+weekdays 8–18 h), agricultural (L0) loads, two PV and two wind profiles; each divided by its annual maximum (per
+unit of the peak, like the SMARD columns). ODbL 1.0, "SimBench, © University of Kassel, TU Dortmund, RWTH Aachen,
+Fraunhofer IEE"; see ``mmgrid_env/data/README.md``."""
+SIMBENCH_DAY_OFFSET = 3
+"""2024 day d uses SimBench's 2016 day (d + 3) mod 366: 2024-01-01 and 2016-01-04 are both Mondays, so weekday
+shapes (commercial loads) stay on weekdays (but for the last three days of the year, which wrap around)."""
+
+
+def _simbench_profiles(ds: Dataset) -> dict[str, np.ndarray]:
+    """The SimBench columns for the bundled 366-day dataset (weekday-aligned, normalised to their maximum)."""
+    raw = resources.files("mmgrid_env").joinpath("data", SIMBENCH_FILE).read_bytes()
+    text = _decode(raw, SIMBENCH_FILE, compressed=True)
+    rows = list(csv.reader(io.StringIO(text)))
+    header, body = rows[0], rows[1:]
+    if len(body) != ds.n_days * HOURS_PER_DAY:
+        raise DataError(f"{SIMBENCH_FILE}: {len(body)} rows, expected {ds.n_days * HOURS_PER_DAY}")
+    out = {}
+    for name, src in SIMBENCH_COLUMNS.items():
+        j = header.index(src)
+        a = np.array([float(r[j]) for r in body]).reshape(ds.n_days, HOURS_PER_DAY)
+        a = np.roll(a, -SIMBENCH_DAY_OFFSET, axis=0) / a.max()
+        out[name] = a
+    return out

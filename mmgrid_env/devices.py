@@ -16,7 +16,7 @@ from typing import Any, Callable, NamedTuple
 
 import numpy as np
 
-from .config import EnvConfig, MicrogridConfig
+from .config import PROFILE_FIELDS, EnvConfig, MicrogridConfig
 
 __all__ = ["Fleet", "fleet_from_config", "action_to_setpoints", "setpoints_to_action", "ess_step",
            "lower_layer_costs", "soc_penalty", "microgrid_params", "microgrid_step", "MicrogridStep", "STEP_FIELDS",
@@ -71,7 +71,7 @@ class Fleet:
 def fleet_from_config(cfg: EnvConfig) -> Fleet:
     mgs = cfg.microgrids
     arrays = {f.name: np.array([getattr(mg, f.name) for mg in mgs], dtype=float)
-              for f in fields(MicrogridConfig)}
+              for f in fields(MicrogridConfig) if f.name not in PROFILE_FIELDS}
     arrays["bus"] = arrays["bus"].astype(np.int64)
     low = np.stack([arrays["mt_min_kw"], -arrays["ess_charge_max_kw"], arrays["grid_p_min_kw"],
                     arrays["grid_q_min_kvar"]], axis=1)

@@ -11,7 +11,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from .config import EnvConfig, make_config
+from .config import PROFILE_FIELDS, ConfigError, EnvConfig, make_config
 from .data import HOURS_PER_DAY, Dataset, load_dataset
 from .devices import (STEP_FIELDS, cost_term_names, fleet_from_config, microgrid_params, microgrid_step,
                       setpoints_to_action, soc_penalty)
@@ -187,8 +187,18 @@ class MultiMicrogridEnv(ParallelEnv):
         self._pv_scale = np.where(f.pv_kwp > 0, f.pv_kwp, 1.0)
         self._wt_scale = np.where(f.wt_kw > 0, f.wt_kw, 1.0)
         ds = self.dataset
-        self._pv_flat, self._wind_flat = ds.pv_pu.reshape(-1), ds.wind_pu.reshape(-1)
-        self._load_flat, self._price_flat = ds.load_pu.reshape(-1), ds.price_eur_per_kwh.reshape(-1)
+        for i, mg in enumerate(cfg.microgrids):  # each microgrid's own profiles (columns of the dataset)
+            for field_name in PROFILE_FIELDS:
+                if getattr(mg, field_name) not in ds.columns:
+                    raise ConfigError(f"microgrids[{i}].{field_name}={getattr(mg, field_name)!r} is not a column of "
+                                      f"dataset {ds.name!r}; it has {list(ds.columns)}")
+
+        def per_mg(field_name):  # (hours of the dataset, N)
+            return np.stack([ds.column(getattr(mg, field_name)).reshape(-1) for mg in cfg.microgrids], axis=1)
+
+        self._pv_flat, self._wind_flat, self._load_flat = per_mg("pv_profile"), per_mg("wind_profile"), \
+            per_mg("load_profile")
+        self._price_flat, self._background_flat = ds.price_eur_per_kwh.reshape(-1), ds.load_pu.reshape(-1)
         price = ds.price_eur_per_kwh / cfg.price_scale_eur_per_kwh
         p_lo, p_hi = float(price.min()) - 1e-3, float(price.max()) + 1e-3
         lows, highs = [0.0, 0.0, 0.0, p_lo, 0.0], [1.0, 1.0, 1.0, p_hi, 1.0]
@@ -240,15 +250,15 @@ class MultiMicrogridEnv(ParallelEnv):
         """
         cfg, f, last = self.config, self.fleet, self._price_flat.size - 1
         k = np.minimum(day * HOURS_PER_DAY + np.arange(HOURS_PER_DAY + 1), last)
-        load_pu = self._load_flat[k][:, None]
-        self._day_pv_kw = self._pv_flat[k][:, None] * f.pv_kwp
-        self._day_wt_kw = self._wind_flat[k][:, None] * f.wt_kw
+        load_pu = self._load_flat[k]  # (25, N): each microgrid's own load profile
+        self._day_pv_kw = self._pv_flat[k] * f.pv_kwp
+        self._day_wt_kw = self._wind_flat[k] * f.wt_kw
         self._day_load_kw = load_pu * f.load_peak_kw
         self._day_q_load_kvar = self._day_load_kw * f.tan_phi
         self._day_price = self._price_flat[k]
         n, hours = f.n, HOURS_PER_DAY + 1
         price_obs = np.repeat((self._day_price / cfg.price_scale_eur_per_kwh)[:, None], n, axis=1)
-        cols = [self._day_pv_kw / self._pv_scale, self._day_wt_kw / self._wt_scale, np.repeat(load_pu, n, axis=1),
+        cols = [self._day_pv_kw / self._pv_scale, self._day_wt_kw / self._wt_scale, load_pu,
                 price_obs, np.zeros((hours, n))]  # SoC (column 4) is filled in at each step
         if cfg.obs_q_load:
             cols.append(self._day_q_load_kvar / f.load_peak_kw)
@@ -263,7 +273,7 @@ class MultiMicrogridEnv(ParallelEnv):
                                  axis=2).tolist()
         self._day_price_list = self._day_price.tolist()
         # full feeder: the factor on the feeder's own nominal load, hour by hour (the dataset's load profile)
-        self._day_background = (self.config.opf.background_load_scale * load_pu[:, 0]).tolist()
+        self._day_background = (self.config.opf.background_load_scale * self._background_flat[k]).tolist()
         space = self._obs_spaces[self.possible_agents[0]]
         # clip guards float32 rounding at the bounds only
         self._day_obs = np.clip(np.stack(cols, axis=2).astype(np.float32), space.low, space.high)

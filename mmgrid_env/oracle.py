@@ -173,7 +173,7 @@ def _jsonable(x: Any) -> Any:
 
 def _dataset_digest(ds: Dataset) -> str:
     h = hashlib.sha256()
-    for a in (ds.pv_pu, ds.wind_pu, ds.load_pu, ds.price_eur_per_kwh):
+    for a in (ds.pv_pu, ds.wind_pu, ds.load_pu, ds.price_eur_per_kwh, *(ds.profiles[k] for k in sorted(ds.profiles))):
         h.update(np.ascontiguousarray(a, dtype=np.float64).tobytes())
     h.update("\n".join(ds.days).encode())
     return h.hexdigest()
@@ -333,9 +333,10 @@ class DayOracle:
         ds, f = self.dataset, self.fleet
         if not 0 <= day < ds.n_days:
             raise ValueError(f"day={day} is out of range: the dataset has days 0..{ds.n_days - 1}")
-        pv = np.outer(ds.pv_pu[day], f.pv_kwp)
-        wt = np.outer(ds.wind_pu[day], f.wt_kw)
-        load = np.outer(ds.load_pu[day], f.load_peak_kw)
+        mgs = self.config.microgrids  # each microgrid's own profiles (columns of the dataset)
+        pv = np.stack([ds.column(mg.pv_profile)[day] for mg in mgs], axis=1) * f.pv_kwp
+        wt = np.stack([ds.column(mg.wind_profile)[day] for mg in mgs], axis=1) * f.wt_kw
+        load = np.stack([ds.column(mg.load_profile)[day] for mg in mgs], axis=1) * f.load_peak_kw
         return pv, wt, load, load * f.tan_phi, ds.price_eur_per_kwh[day].astype(float)
 
     def _set_params(self, day: int, soc0: np.ndarray):

@@ -354,3 +354,31 @@ def test_non_numeric_arrays_name_the_column():
     a["price_eur_per_mwh"] = [[50.0] * 24, [50.0] * 23]
     with pytest.raises(DataError, match=r"price_eur_per_mwh: expected an array of numbers"):
         Dataset.from_arrays(**a)
+
+
+def test_bundled_simbench_profiles_are_weekday_aligned_read_only_columns():
+    from mmgrid_env import load_dataset, parallel_env
+
+    ds = load_dataset()
+    assert {"simbench_H0_load_pu", "simbench_G1_load_pu", "simbench_pv3_pu", "simbench_wp7_pu"} <= set(ds.columns)
+    g1 = ds.column("simbench_G1_load_pu")
+    assert g1.shape == (366, 24) and g1.max() == pytest.approx(1.0) and not g1.flags.writeable
+    # weekday alignment: the commercial G1 profile is a weekday shape on 2024-01-02 (Tuesday), a weekend shape on
+    # 2024-01-06 (Saturday)
+    assert ds.days[1] == "2024-01-02" and g1[1, 8:18].mean() > 3 * g1[5, 8:18].mean()
+    with pytest.raises(TypeError, match="read-only"):
+        ds.profiles["x"] = g1
+    with pytest.raises(DataError, match="unknown column 'nope'"):
+        ds.column("nope")
+    # a microgrid driven by its own profiles: a household load and a PV profile
+    env = parallel_env(microgrids=[{"bus": 17, "pv_kwp": 300.0, "wt_kw": 0.0, "load_peak_kw": 200.0,
+                                    "load_profile": "simbench_H0_load_pu", "pv_profile": "simbench_pv3_pu"},
+                                   {"bus": 32, "pv_kwp": 0.0, "wt_kw": 300.0, "load_peak_kw": 250.0,
+                                    "load_profile": "simbench_G1_load_pu"}])
+    _, infos = env.reset(options={"day": 1})
+    assert infos["mg_0"]["p_load_kw"] == pytest.approx(200.0 * ds.column("simbench_H0_load_pu")[1, 0])
+    assert infos["mg_1"]["p_load_kw"] == pytest.approx(250.0 * g1[1, 0])
+    from mmgrid_env import ConfigError
+
+    with pytest.raises(ConfigError, match=r"microgrids\[0\].load_profile='H0' is not a column"):
+        parallel_env(microgrids=[{"bus": 17, "pv_kwp": 1.0, "wt_kw": 0.0, "load_peak_kw": 1.0, "load_profile": "H0"}])

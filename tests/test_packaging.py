@@ -20,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "mmgrid_env/data/"
-DATA_FILES = ("smard_lu_2024_hourly.csv.gz", "README.md", "LICENSE-SMARD-CC-BY-4.0.txt")
+DATA_FILES = ("smard_lu_2024_hourly.csv.gz", "README.md", "LICENSE-SMARD-CC-BY-4.0.txt",
+              "simbench_2016_hourly_profiles.csv.gz", "LICENSE-SimBench-ODbL-1.0.txt")
 
 
 
@@ -73,6 +74,7 @@ def test_wheel_contents(wheel):
     licences = {n for n in names if n.startswith(dist_info + "licenses/")}
     assert dist_info + "licenses/LICENSE" in licences, sorted(names)
     assert any(n.endswith("LICENSE-SMARD-CC-BY-4.0.txt") for n in licences), sorted(licences)
+    assert any(n.endswith("LICENSE-SimBench-ODbL-1.0.txt") for n in licences), sorted(licences)
     assert not any(n.startswith(("tests/", "baselines/", "examples/", "benchmarks/")) for n in names)
     assert {"mmgrid_baselines/__init__.py", "mmgrid_baselines/mappo.py", "mmgrid_baselines/ap_dqn.py",
             "mmgrid_env/policies.py"} <= names
