@@ -58,7 +58,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .config import ConfigError, EnvConfig, make_config
+from .config import EnvConfig, make_config
 from .data import HOURS_PER_DAY, Dataset, load_dataset
 from . import devices
 from .devices import Quantities, cost_term_names, fleet_from_config, lower_layer_costs, soc_penalty
@@ -219,9 +219,6 @@ class DayOracle:
 
         t0 = time.perf_counter()
         cfg = make_config(config, **overrides) if (overrides or not isinstance(config, EnvConfig)) else config
-        if cfg.opf.topology != "reduced":
-            raise ConfigError(f"the oracle supports opf.topology='reduced' only (got {cfg.opf.topology!r}): the "
-                              f"full-feeder day program is not written yet")
         self.config = cfg
         self.solver = solver.upper()
         self.dataset = load_dataset(cfg.dataset)
@@ -251,6 +248,9 @@ class DayOracle:
             "w": cp.Parameter((T, E), nonneg=True, name="w") if E else None,
             "soc0": cp.Parameter(M, name="soc0"),
             "ren": cp.Parameter((T, M), nonneg=True, name="ren"),  # PV + WT: what curtailment may take (p.u.)
+            # full feeder: every bus's own load this hour (p.u.)
+            "bg_p": cp.Parameter((T, n), name="bg_p") if net.topology == "feeder" else None,
+            "bg_q": cp.Parameter((T, n), name="bg_q") if net.topology == "feeder" else None,
         }
         self.par = par
         # --- variables
@@ -285,16 +285,24 @@ class DayOracle:
             V["dqu"] <= pu(f.grid_q_max_kvar) - V["q_grid"], V["dqd"] <= V["q_grid"] - pu(f.grid_q_min_kvar),
             V["cur"] <= par["ren"],  # only generation can be curtailed; the rest of a surplus is spilled
         ]
-        inj_p = (p_net + V["dpu"] - V["dpd"] - V["cur"] + V["shd"] - V["spl"]) @ G  # (T, n)
+        adjust = - V["cur"] + V["shd"] - V["spl"]
         inj_q = (q_net + V["dqu"] - V["dqd"] + V["qsu"] - V["qsd"]) @ G
-        cons += [V["v"][:, 0] == 1.0,
+        feeder = net.topology == "feeder"
+        if feeder:  # each microgrid injects its own net (its trades come through the substation); ΔP settles
+            inj_p = (p_net - V["p_grid"] + adjust) @ G - par["bg_p"]  # (T, n)
+            inj_q = inj_q - par["bg_q"]
+            cons.append(V["dpu"] - V["dpd"] + p_net + adjust == 0)
+        else:
+            inj_p = (p_net + V["dpu"] - V["dpd"] + adjust) @ G  # (T, n)
+        nodes = slice(1, None) if feeder else slice(None)  # the substation's balance is free
+        cons += [V["v"][:, 0] == o.substation_v_pu ** 2,
                  V["v"] <= o.v_max_pu ** 2 + V["v_slack_hi"], V["v"] >= o.v_min_pu ** 2 - V["v_slack_lo"]]
         if E:
             l, P, Q, v = V["l"], V["P"], V["Q"], V["v"]
             r_row, x_row = np.tile(r, (T, 1)), np.tile(x, (T, 1))
             cons += [
-                P @ C_out - (P - cp.multiply(r_row, l)) @ C_in == inj_p,  # eq. 11
-                Q @ C_out - (Q - cp.multiply(x_row, l)) @ C_in == inj_q,  # eq. 12
+                (P @ C_out - (P - cp.multiply(r_row, l)) @ C_in)[:, nodes] == inj_p[:, nodes],  # eq. 11
+                (Q @ C_out - (Q - cp.multiply(x_row, l)) @ C_in)[:, nodes] == inj_q[:, nodes],  # eq. 12
                 v @ C_in.T == v @ C_out.T - 2 * (cp.multiply(r_row, P) + cp.multiply(x_row, Q))
                 + cp.multiply(np.tile(r ** 2 + x ** 2, (T, 1)), l),  # eq. 13
             ]
@@ -346,6 +354,10 @@ class DayOracle:
         par["base_p"].value = (pv + wt - load) / bk
         par["q_load"].value = q_load / bk
         par["ren"].value = (pv + wt) / bk
+        if par["bg_p"] is not None:  # the feeder's own load: nominal × scale × the dataset's load profile
+            scale = cfg.opf.background_load_scale * self.dataset.load_pu[day]
+            par["bg_p"].value = np.outer(scale, self.network.background_p_kw) / bk
+            par["bg_q"].value = np.outer(scale, self.network.background_q_kvar) / bk
         par["c"].value = np.repeat(price[:, None], M, axis=1)
         par["export_markup"].value = np.repeat(cfg.export_discount * np.abs(price)[:, None], M, axis=1)
         prices = np.array([step_prices(c, cfg.opf) for c in price])  # (T, 5): π⁺, π⁻, w, c_q, c_qs
