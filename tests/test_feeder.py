@@ -128,3 +128,23 @@ def test_feeder_oracle_is_exact_and_its_replay_reproduces_it():
     assert replay(res, cfg).objective_eur == pytest.approx(res.objective_eur, rel=1e-4)
     with pytest.raises(ConfigError, match="topology must be"):
         make_config(opf={"topology": "meshed"})
+
+
+@pytest.mark.parametrize("scale, p, pg", [(1.0, [5.0, -8.0], [0.0, 8.0]), (0.5, [20.0, 15.0], [-10.0, -10.0])])
+def test_opf_on_another_radial_feeder_kerber_agrees_with_pandapower(scale, p, pg):
+    """Any radial pandapower feeder works the same way: a Kerber low-voltage network (0.4 kV, the substation
+    transformer's secondary as the root), two microgrids, checked against pandapower's AC power flow."""
+    import pandapower as pp
+    import pandapower.networks as pn
+
+    net = build_network([5, 9], topology="feeder", feeder=pn.create_kerber_landnetz_freileitung_1())
+    limits = dict(grid_p_min_kw=[-30.0] * 2, grid_p_max_kw=[30.0] * 2, grid_q_min_kvar=[-20.0] * 2,
+                  grid_q_max_kvar=[20.0] * 2)
+    opf = ConicOPF(net, OPFConfig(), **limits)
+    res = opf.solve(p, np.zeros(2), 0.1, pg, np.zeros(2), [10.0, 10.0], scale)
+    assert res.relaxation_gap_pu <= 1e-6
+    pn_kw, qn_kvar = opf.node_injections_kw(p, np.zeros(2), res, pg, scale)
+    check = net.to_pandapower(pn_kw, qn_kvar, background=False)
+    pp.runpp(check, tolerance_mva=1e-12)
+    assert np.max(np.abs(check.res_bus.vm_pu.to_numpy() - res.v_pu)) <= 1e-5
+    assert abs(1000 * check.res_line.pl_mw.sum() - res.losses_kw) <= 0.1
