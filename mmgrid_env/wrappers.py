@@ -274,6 +274,7 @@ class SafetyCosts(ParallelEnv):
     a cost budget is a number of violating steps. ``mode="amount"``: Σ weight·amount (``weights``, default 1 for
     each), e.g. kWh shed and spilled. ``infos[agent]["costs"]`` holds the amounts by name either way.
 
+    ```python
     >>> from mmgrid_env import parallel_env
     >>> from mmgrid_env.wrappers import SafetyCosts
     >>> env = SafetyCosts(parallel_env())
@@ -281,6 +282,8 @@ class SafetyCosts(ParallelEnv):
     >>> obs, rew, term, trunc, infos = env.step({a: env.action_space(a).sample() for a in env.agents})
     >>> infos["mg_0"]["cost"] in (0.0, 1.0)
     True
+
+    ```
     """
 
     def __init__(self, env: ParallelEnv, mode: str = "indicator", weights: dict | None = None,
