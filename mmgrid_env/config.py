@@ -85,6 +85,16 @@ class OPFConfig:
     each microgrid's trades are delivered through it (docs/model.md, "The full feeder")."""
     substation_v_pu: float = 1.0
     """Voltage the substation holds at the root (p.u.; an on-load tap changer typically holds 1.02–1.05)."""
+    grid_fee_eur_per_kwh: float = 0.0
+    """Retail tariff: a fee on every kWh a microgrid buys from the main grid (its schedule and its balancing)."""
+    export_fee_eur_per_kwh: float = 0.0
+    """Retail tariff: a fee on every kWh a microgrid sells to the main grid."""
+    sharing: bool = False
+    """Full feeder: the microgrids' imbalances are netted against each other through the feeder (a deficit bought
+    from a neighbour's surplus at the price c + ``sharing_fee_eur_per_kwh``, the seller earning c) before the rest is
+    settled at the balancing prices (docs/model.md, "The full feeder")."""
+    sharing_fee_eur_per_kwh: float = 0.01
+    """The local fee on energy shared between microgrids (€/kWh; paid to the feeder, lost to the team)."""
     background_load_scale: float = 1.0
     """Full feeder: the feeder's own load is its nominal load (case33bw: 3715 kW) × this × the dataset's load_pu of
     the hour."""
@@ -224,6 +234,8 @@ _OPF_RULES: dict[str, tuple] = {
     "voltage_penalty_eur_per_pu_h": (0.0, True, 1e9, " (soft voltage limits need a positive penalty)"),
     "solver_base_mva": (1e-3, False, 1e3, " (or None: automatic)"),
     "substation_v_pu": (0.9, False, 1.1, " (p.u.)"), "background_load_scale": (0.0, False, 10.0, ""),
+    "sharing_fee_eur_per_kwh": (0.0, False, _C, ""), "grid_fee_eur_per_kwh": (0.0, False, _C, ""),
+    "export_fee_eur_per_kwh": (0.0, False, _C, ""),
 }
 _OPF_OPTIONAL = ("current_limit_ka", "solver_base_mva")
 
@@ -260,6 +272,10 @@ def validate_config(cfg: EnvConfig) -> None:
     o = cfg.opf
     _check(isinstance(o, OPFConfig), f"opf must be an OPFConfig (or a dict of its fields), got {type(o).__name__}")
     _check(o.topology in ("reduced", "feeder"), f"opf.topology must be 'reduced' or 'feeder', got {o.topology!r}")
+    _check(isinstance(o.sharing, bool), f"opf.sharing must be True or False, got {o.sharing!r}")
+    _check(not o.sharing or o.topology == "feeder",
+           "opf.sharing needs opf.topology='feeder' (on the reduced network the OPF itself routes one microgrid's "
+           "surplus to another's deficit)")
     _check(o.impedance_aggregation in ("mean", "sum"),
            f"opf.impedance_aggregation must be 'mean' or 'sum', got {o.impedance_aggregation!r}")
     for name, (lo, strict, hi, why) in _OPF_RULES.items():

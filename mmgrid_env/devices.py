@@ -110,7 +110,8 @@ def ess_step(fleet: Fleet, soc: np.ndarray, p_ess_request_kw: np.ndarray, dt_h: 
 
 
 def lower_layer_costs(fleet: Fleet, price_eur_per_kwh: float, p_mt_kw, p_grid_kw, p_charge_kw, p_discharge_kw,
-                      dt_h: float, export_discount: float = 0.0) -> tuple[np.ndarray, ...]:
+                      dt_h: float, export_discount: float = 0.0, grid_fee_eur_per_kwh: float = 0.0,
+                      export_fee_eur_per_kwh: float = 0.0) -> tuple[np.ndarray, ...]:
     """€ per microgrid of each of :data:`LOWER_COST_TERMS` (F_MG, F_MT, F_ESS by default; eq. 19–21), vectorised.
 
     Buying costs c·P; selling earns (c − d·|c|)·|P| (= c(1 − d) for c ≥ 0), which keeps the cost convex.
@@ -118,7 +119,8 @@ def lower_layer_costs(fleet: Fleet, price_eur_per_kwh: float, p_mt_kw, p_grid_kw
     c = float(price_eur_per_kwh)
     p_grid_kw = np.asarray(p_grid_kw, float)
     x = Quantities(np.asarray(p_mt_kw, float), p_grid_kw, np.maximum(-p_grid_kw, 0.0), np.asarray(p_charge_kw, float),
-                   np.asarray(p_discharge_kw, float), c, export_discount * abs(c))
+                   np.asarray(p_discharge_kw, float), c, export_discount * abs(c), np.maximum(p_grid_kw, 0.0),
+                   grid_fee_eur_per_kwh, export_fee_eur_per_kwh)
     return tuple(term.eur_per_h(fleet, x, operator.mul) * dt_h for term in LOWER_COST_TERMS)
 
 
@@ -130,7 +132,8 @@ def soc_penalty(fleet: Fleet, soc: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------- the lower layer's costs, written once
 class Quantities(NamedTuple):
     """What a cost term may read of a microgrid's hour (floats, arrays or cvxpy expressions alike): kW and €/kWh.
-    ``p_sell_kw`` = max(−P_grid, 0); ``export_markup_eur_per_kwh`` = c − (the export price) = d·|c| ≥ 0."""
+    ``p_sell_kw`` = max(−P_grid, 0), ``p_buy_kw`` = max(P_grid, 0); ``export_markup_eur_per_kwh`` = c − (the
+    export price) = d·|c| ≥ 0; the retail tariff's grid fee on imports and export fee on exports (€/kWh ≥ 0)."""
 
     p_mt_kw: Any
     p_grid_kw: Any
@@ -139,6 +142,9 @@ class Quantities(NamedTuple):
     p_discharge_kw: Any
     price_eur_per_kwh: Any
     export_markup_eur_per_kwh: Any
+    p_buy_kw: Any = 0.0
+    grid_fee_eur_per_kwh: Any = 0.0
+    export_fee_eur_per_kwh: Any = 0.0
 
 
 class CostTerm(NamedTuple):
@@ -153,8 +159,10 @@ class CostTerm(NamedTuple):
 
 
 def grid_cost_eur_per_h(mg, x: Quantities, mul):
-    """F_MG (eq. 19): buying costs c·P; selling earns c − d·|c| per kWh, i.e. c·P_grid + d·|c|·P_sell (convex)."""
-    return mul(x.price_eur_per_kwh, x.p_grid_kw) + mul(x.export_markup_eur_per_kwh, x.p_sell_kw)
+    """F_MG (eq. 19): buying costs c·P; selling earns c − d·|c| per kWh, i.e. c·P_grid + d·|c|·P_sell (convex); the
+    retail tariff adds its grid fee per kWh bought and its export fee per kWh sold."""
+    return mul(x.price_eur_per_kwh, x.p_grid_kw) + mul(x.export_markup_eur_per_kwh, x.p_sell_kw) \
+        + mul(x.grid_fee_eur_per_kwh, x.p_buy_kw) + mul(x.export_fee_eur_per_kwh, x.p_sell_kw)
 
 
 def mt_cost_eur_per_h(mg, x: Quantities, mul):
@@ -239,7 +247,8 @@ class _ScalarRatings:
 
 def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: float, p_load_kw: float,
                    q_load_kvar: float, price_eur_per_kwh: float, sell_price_eur_per_kwh: float,
-                   dt_h: float) -> MicrogridStep:
+                   dt_h: float, grid_fee_eur_per_kwh: float = 0.0, export_fee_eur_per_kwh: float = 0.0
+                   ) -> MicrogridStep:
     """One microgrid's lower-layer step: action in [-1, 1]⁴ (clipped) → a :class:`MicrogridStep`.
 
     The same equations as :func:`action_to_setpoints`, :func:`ess_step`, :func:`lower_layer_costs` and
@@ -273,7 +282,8 @@ def microgrid_step(params: tuple, soc: float, action, p_pv_kw: float, p_wt_kw: f
     p_net = p_pv_kw + p_wt_kw + p_mt + p_ess + p_grid - p_load_kw  # eq. 9
     q_net = q_grid - q_load_kvar  # eq. 10
     x = _new_quantities(Quantities, (p_mt, p_grid, -p_grid if p_grid < 0.0 else 0.0, p_cha, p_dis, price_eur_per_kwh,
-                                     price_eur_per_kwh - sell_price_eur_per_kwh))
+                                     price_eur_per_kwh - sell_price_eur_per_kwh, p_grid if p_grid > 0.0 else 0.0,
+                                     grid_fee_eur_per_kwh, export_fee_eur_per_kwh))
     costs = tuple([term(mg, x, _mul) * dt_h for term in terms])
     cons = max(soc_next - soc_max, 0.0) + max(soc_min - soc_next, 0.0)
     return _new_step(MicrogridStep, (p_mt, p_ess, p_req, p_cha, p_dis, p_grid, q_grid, p_net, q_net, soc_next, cons,

@@ -230,6 +230,7 @@ class MultiMicrogridEnv(ParallelEnv):
         self._agent_key_index = {k: j for j, k in enumerate(self.agent_info_keys)}  # render's columns
         self._agent_set = frozenset(self.possible_agents)
         self._mg_params = microgrid_params(f)
+        self._tariff = (cfg.opf.grid_fee_eur_per_kwh, cfg.opf.export_fee_eur_per_kwh)
 
     # ------------------------------------------------------------------ spaces
     def observation_space(self, agent: str) -> spaces.Box:
@@ -403,7 +404,8 @@ class MultiMicrogridEnv(ParallelEnv):
         sell_price = price - cfg.export_discount * abs(price)
         exo = self._day_exo[hour]
         # Lower layer, one microgrid at a time in plain floats (devices.microgrid_step)
-        lower = [microgrid_step(prm, soc, a, pv, wt, load, q_load, price, sell_price, dt)
+        fee_in, fee_out = self._tariff
+        lower = [microgrid_step(prm, soc, a, pv, wt, load, q_load, price, sell_price, dt, fee_in, fee_out)
                  for prm, soc, a, (pv, wt, load, q_load) in zip(self._mg_params, self._soc_list, act, exo)]
         p_net = [r.p_net_kw for r in lower]
         opf: OPFResult = self.opf.solve(p_net, [r.q_net_kvar for r in lower], price, [r.p_grid_kw for r in lower],

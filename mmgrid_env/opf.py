@@ -61,9 +61,17 @@ def step_prices(price_eur_per_kwh: float, cfg: OPFConfig) -> tuple[float, float,
     reference and the oracle all use it): (π⁺, π⁻, w, c_q, c_qs) — the balancing prices, the loss weight, the
     reactive cost and the reactive slack's cost ``reactive_slack_cost_factor · c_q`` (€/kWh, €/kVArh)."""
     pi_up, pi_dn = balancing_prices(price_eur_per_kwh, cfg.balancing_kappa)
+    pi_up, pi_dn = pi_up + cfg.grid_fee_eur_per_kwh, pi_dn - cfg.export_fee_eur_per_kwh  # the retail tariff
     c_q = reactive_cost(price_eur_per_kwh, cfg)
     w = loss_weight(price_eur_per_kwh, cfg.loss_price_floor_eur_per_kwh, pi_dn, cfg.loss_price_margin_eur_per_kwh)
     return pi_up, pi_dn, w, c_q, cfg.reactive_slack_cost_factor * c_q
+
+
+def sharing_prices(price_eur_per_kwh: float, pi_up: float, pi_dn: float, cfg: OPFConfig) -> tuple[float, float]:
+    """What sharing changes per kWh against the balancing prices: a kWh bought from a neighbour costs c + fee
+    instead of π⁺ (c + fee − π⁺), a kWh sold to one earns c instead of π⁻ (π⁻ − c, a cost: negative = a gain)."""
+    c = float(price_eur_per_kwh)
+    return c + cfg.sharing_fee_eur_per_kwh - pi_up, pi_dn - c
 
 
 def loss_weight(price_eur_per_kwh: float, floor_eur_per_kwh: float, pi_dn_eur_per_kwh: float | None = None,
@@ -98,6 +106,9 @@ class MicrogridBalance(NamedTuple):
     absorb, priced at VOLL."""
     q_slack_kvar: list
     v_pu: list
+    shared_kw: list
+    """Full feeder with sharing: energy bought from (+) or sold to (−) the other microgrids through the feeder, a
+    part of ΔP settled at c + fee / c instead of the balancing prices; 0 otherwise."""
     dlmp_eur_per_kwh: list
     """Distribution locational marginal price at the microgrid's node (€/kWh): what one kWh more consumed there
     would cost the upper layer this hour (the dual of the node's power balance) — balancing price, losses and
@@ -131,7 +142,7 @@ class OPFResult:
     iterations: int = 0
     errors: list = field(default_factory=list)
     """Messages of the solvers that failed before the answer (empty on a normal step)."""
-    mg_lists: MicrogridBalance = field(default=MicrogridBalance(*((),) * 9), repr=False, compare=False)
+    mg_lists: MicrogridBalance = field(default=MicrogridBalance(*((),) * 10), repr=False, compare=False)
     """Per microgrid, by name, as lists of floats — the source of the per-microgrid arrays."""
     network_lists: tuple = field(default=((), (), (), (), 1.0, 1.0), repr=False, compare=False)
     """(v, l, P, Q) in the solver's per unit, then its power base (kW) and current base (kA)."""
@@ -382,6 +393,9 @@ class ConicOPF:
         T = new("t", M)  # epigraph of the reactive cost, in units of c_q
         SVH, SVL = [None] + new("v_slack_hi", n - 1), [None] + new("v_slack_lo", n - 1)
         SPL = new("spill", M)  # surplus that neither curtailment (generation only) nor export headroom absorbs
+        self.sharing = bool(cfg.sharing) and self.feeder
+        if self.sharing:  # the parts of ΔP⁺ / ΔP⁻ bought from / sold to other microgrids through the feeder
+            SIN, SOUT = new("share_in", M), new("share_out", M)
         S = [_Affine(c=max(0.0, v0_sq - cfg.v_max_pu ** 2, cfg.v_min_pu ** 2 - v0_sq))]  # the root's violation
         S += [SVH[j] + SVL[j] for j in range(1, n)]
         self.n_var = n_var
@@ -410,6 +424,8 @@ class ConicOPF:
                 continue
             rows_eq.append(p_out - (Z["p"][m] + dpu[m] - dpd[m] - CUR[m] + SHD[m] - SPL[m]))  # p + ΔP − c + s − spill
             rows_eq.append(q_out - (Z["q"][m] + U[m]))  # q + ΔQ + reactive slack
+        if self.sharing:  # what the microgrids buy from each other, they sell to each other
+            rows_eq.append(sum(SIN, _Affine()) - sum(SOUT, _Affine()))
         # voltage drop (eq. 13)
         for e in range(E):
             i, j = int(frm[e]), int(to[e])
@@ -420,6 +436,8 @@ class ConicOPF:
             rows_nn += [-CUR[m], CUR[m] - Z["curtail_max"][m], -SHD[m], SHD[m] - Z["shed_max"][m], -SPL[m],
                         SPL[m] - Z["spill_max"][m]]
             rows_nn += [U[m] - T[m], -U[m] - T[m]]
+            if self.sharing:
+                rows_nn += [-SIN[m], SIN[m] - dpu[m], -SOUT[m], SOUT[m] - dpd[m]]
             if k_qs > 1.0:
                 rows_nn += [k_qs * U[m] - T[m] - (k_qs - 1) * Z["q_import_room"][m],
                             -k_qs * U[m] - T[m] - (k_qs - 1) * Z["q_export_room"][m]]
@@ -459,11 +477,14 @@ class ConicOPF:
         self.q_const[self.ix["v_slack_hi"] + self.ix["v_slack_lo"]] = cfg.voltage_penalty_eur_per_pu_h * self.dt_h / self.obj_scale_eur
         self.q_const[self.ix["cur"]] = cfg.curtailment_cost_eur_per_kwh * u
         self.q_const[self.ix["shd"] + self.ix["spill"]] = cfg.voll_eur_per_kwh * u  # spill is priced like shedding
-        self.q_of_price = np.zeros((n_var, 4))
+        self.q_of_price = np.zeros((n_var, 6))
         self.q_of_price[self.ix["l"], 0] = self.r_pu * u
         self.q_of_price[self.ix["dpu"], 1] = u
         self.q_of_price[self.ix["dpd"], 2] = u
         self.q_of_price[self.ix["t"], 3] = u
+        if self.sharing:  # relative to ΔP's balancing prices: c + fee − π⁺ per kWh bought, π⁻ − c per kWh sold
+            self.q_of_price[self.ix["share_in"], 4] = u
+            self.q_of_price[self.ix["share_out"], 5] = u
         self._clarabel = None
         self.exactness_tol_pu = 1e-6
         """A step whose relaxation gap exceeds this (p.u. of the feeder's base) is re-solved once (exactness repair)."""
@@ -492,23 +513,26 @@ class ConicOPF:
         # all), between runs of constant ones
         q_const = self.q_const.tolist()
         changing = np.flatnonzero(np.any(self.q_of_price != 0.0, axis=1)).tolist()
-        groups = [[] for _ in range(4)]  # per price: (index in q, coefficient)
+        groups = [[] for _ in range(6)]  # per price: (index in q, coefficient)
         for i in changing:
             (k,) = np.flatnonzero(self.q_of_price[i])  # one price per entry (asserted by the unpacking)
             if q_const[i] != 0.0:
                 raise AssertionError("an entry of q both constant and price-dependent")
             groups[int(k)].append((i, float(self.q_of_price[i, k])))
-        if any(len({a for _, a in g}) > 1 for g in groups[1:4]):
-            raise AssertionError("q: one coefficient for ΔP⁺, ΔP⁻ and t expected")
+        if any(len({a for _, a in g}) > 1 for g in groups[1:]):
+            raise AssertionError("q: one coefficient for ΔP⁺, ΔP⁻, t and each sharing group expected")
         self._q_coef_l = [a for _, a in groups[0]]
-        self._q_coef_uni = tuple((g[0][1] if g else 0.0, len(g)) for g in groups[1:4])
-        # q = [const, l, const, ΔP⁺, ΔP⁻, const, t, const]: the entries in the variables' order (__init__)
+        self._q_coef_uni = tuple((g[0][1] if g else 0.0, len(g)) for g in groups[1:])
+        # q = [const, l, const, ΔP⁺, ΔP⁻, const, t, const (, shared in, shared out)]: the variables' order (__init__)
         ix, sl = self.ix, self._sl
-        if [[i for i, _ in g] for g in groups] != [ix["l"], ix["dpu"], ix["dpd"], ix["t"]] or \
-                sl["dpu"].stop != sl["dpd"].start:
+        want = [ix["l"], ix["dpu"], ix["dpd"], ix["t"], ix.get("share_in", []), ix.get("share_out", [])]
+        if [[i for i, _ in g] for g in groups] != want or sl["dpu"].stop != sl["dpd"].start or \
+                (self.sharing and not (sl["share_in"].stop == sl["share_out"].start and sl["share_out"].stop
+                                       == self.n_var)):
             raise AssertionError("q: unexpected layout of the price-dependent entries")
+        end = sl["share_in"].start if self.sharing else self.n_var
         self._q_const_seg = (q_const[:sl["l"].start], q_const[sl["l"].stop: sl["dpu"].start],
-                             q_const[sl["dpd"].stop: sl["t"].start], q_const[sl["t"].stop:])
+                             q_const[sl["dpd"].stop: sl["t"].start], q_const[sl["t"].stop: end])
         self._q = q_const  # the current q (a list or tuple of floats; the q property gives an array)
         self._q_key = None  # (price, loss weight override) of the current q: q depends on nothing else
         self._q_sent = False  # whether the persistent Clarabel solver holds the current q
@@ -554,6 +578,7 @@ class ConicOPF:
         self._mg_node = mg_node
         self._v_mg = _getter(mg_node)
         self._root_edges = [e for e in range(self.E) if int(frm[e]) == 0]
+        self._zeros_m = [0.0] * self.M
         self._background_kw = 0.0
         if self.feeder:
             phys, settle = _getter(self._p_balance_rows), _getter(self._p_settle_rows)
@@ -594,10 +619,13 @@ class ConicOPF:
             pi_up, pi_dn, w, c_q, _ = prices
             if loss_weight_eur_per_kwh is not None:
                 w = loss_weight_eur_per_kwh
-            (a1, n1), (a2, n2), (a3, n3) = self._q_coef_uni
+            (a1, n1), (a2, n2), (a3, n3), (a4, n4), (a5, n5) = self._q_coef_uni
             c0, c1, c2, c3 = self._q_const_seg
             self._q = [*c0, *[a * w for a in self._q_coef_l], *c1, *[a1 * pi_up] * n1, *[a2 * -pi_dn] * n2,
                        *c2, *[a3 * c_q] * n3, *c3]
+            if n4:  # sharing: relative to the balancing prices
+                self._share_prices = s_in, s_out = sharing_prices(price, pi_up, pi_dn, self.cfg)
+                self._q += [a4 * s_in] * n4 + [a5 * s_out] * n5
             self._q_key, self._q_sent = (price, loss_weight_eur_per_kwh), False
         return prices
 
@@ -646,11 +674,11 @@ class ConicOPF:
         Built from the configuration alone, not from the first step's data: Clarabel scales the problem once, at
         construction, partly from q; a solver built on the first step's q rounded that step's answer differently
         (~1e-11) from the same step solved later after an update. Every step is an update of this one solver."""
-        saved = (self._q, self._q_key, self._q_sent)
+        saved = (self._q, self._q_key, self._q_sent, getattr(self, "_share_prices", None))
         self._q_key = None
         self._update_q(0.1)
         q = list(self._q)
-        self._q, self._q_key, self._q_sent = saved
+        self._q, self._q_key, self._q_sent, self._share_prices = saved  # the step's own prices stay
         return q
 
     def _solve_clarabel(self):
@@ -861,6 +889,13 @@ class ConicOPF:
             cost.append((pi_up * (0.0 if 0.0 > u_p else u_p) - pi_dn * (0.0 if 0.0 > d_p else d_p) + c_q * abs(d_q)
                          + c_cur * c_m + c_shd * (s_m + sp_m) + c_qs * abs(s_q)) * dt)
         v_mg = [0.0 if 0.0 > a else sqrt(a) for a in self._v_mg(v)]  # √max(v, 0)
+        shared = self._zeros_m
+        if self.sharing and out is None:  # the shared parts of ΔP, at their own prices (cost relative to π⁺/π⁻)
+            s_in, s_out = self._share_prices
+            a_in = [0.0 if 0.0 > a else a * bk for a in x[self._sl["share_in"]]]
+            a_out = [0.0 if 0.0 > a else a * bk for a in x[self._sl["share_out"]]]
+            shared = [a - b for a, b in zip(a_in, a_out)]
+            cost = [c + (s_in * a + s_out * b) * dt for c, a, b in zip(cost, a_in, a_out)]
         k = self._dual_to_eur_per_kwh
         dlmp = [pi_up] * M if dual is None else [k * y for y in dual]
         losses_kw = sum([r * le for r, le in zip(self._r_list, l)]) * bk
@@ -871,7 +906,7 @@ class ConicOPF:
         viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
         res = OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
                         viol, wall, solver_time, iters, errors,
-                        _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg, dlmp)),
+                        _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg, shared, dlmp)),
                         (v, l, P, Q, bk, self.i_base_ka))
         if self.feeder:  # what the substation delivers into the feeder: the flows leaving the root
             res.substation_p_kw = sum([P[e] for e in self._root_edges]) * bk
@@ -1005,6 +1040,11 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
         inj_q = inj_q - prm["bg_q"]
         balance = [out_p[1:] == inj_p[1:], out_q[1:] == inj_q[1:],  # eq. 11, 12; the substation's is free
                    var["dpu"] - var["dpd"] + prm["p"] + adjust == 0]  # ΔP settles the rest of the schedule
+        if cfg.sharing:  # parts of ΔP⁺/ΔP⁻ traded between microgrids: what they buy, they sell
+            prm["c"] = cp.Parameter(name="c")
+            var["share_in"], var["share_out"] = cp.Variable(M, nonneg=True), cp.Variable(M, nonneg=True)
+            balance += [var["share_in"] <= var["dpu"], var["share_out"] <= var["dpd"],
+                        cp.sum(var["share_in"]) == cp.sum(var["share_out"])]
     else:
         inj_p = G @ (prm["p"] + var["dpu"] - var["dpd"] + adjust)
         balance = [out_p == inj_p, out_q == inj_q]  # eq. 11, 12
@@ -1027,6 +1067,9 @@ def build_cvxpy_opf(network: Network, cfg: OPFConfig, n_mg: int | None = None, d
                        + cfg.curtailment_cost_eur_per_kwh * cp.sum(var["cur"])
                        + prm["c_qs"] * cp.sum(var["qsu"] + var["qsd"]))
     obj = obj + dt_h * cfg.voltage_penalty_eur_per_pu_h * cp.sum(svh + svl)
+    if "share_in" in var:  # c + fee − π⁺ per kWh bought from a neighbour, π⁻ − c per kWh sold to one
+        obj = obj + dt_h * bk * ((prm["c"] + cfg.sharing_fee_eur_per_kwh - prm["pi_up"]) * cp.sum(var["share_in"])
+                                 + (prm["pi_dn"] - prm["c"]) * cp.sum(var["share_out"]))
     problem = cp.Problem(cp.Minimize(obj / obj_scale_eur), cons)
     problem._mmgrid_obj_scale_eur = obj_scale_eur  # noqa: SLF001 - read back by solve_cvxpy_opf
     problem._mmgrid_base_mva = base_mva  # noqa: SLF001
@@ -1056,6 +1099,8 @@ def set_cvxpy_params(prm, network: Network, cfg: OPFConfig, p_kw, q_kvar, price,
     pi_up, pi_dn, w, c_q, c_qs = step_prices(price, cfg)
     prm["pi_up"].value, prm["pi_dn"].value, prm["w"].value = pi_up, pi_dn, w
     prm["c_q"].value, prm["c_qs"].value = c_q, c_qs
+    if "c" in prm:
+        prm["c"].value = float(price)
     if network.topology == "feeder":
         prm["p_grid"].value = p_grid_kw / bk
         prm["bg_p"].value = background_scale * network.background_p_kw / bk

@@ -63,7 +63,7 @@ from .data import HOURS_PER_DAY, Dataset, load_dataset
 from . import devices
 from .devices import Quantities, cost_term_names, fleet_from_config, lower_layer_costs, soc_penalty
 from .network import build_network
-from .opf import step_prices
+from .opf import sharing_prices, step_prices
 
 __all__ = ["OracleResult", "DayOracle", "solve_day", "solve_days", "config_hash", "actions_from_dispatch",
            "replay", "ReplayResult", "OraclePolicy", "ORACLE_VERSION", "DISPATCH_KEYS"]
@@ -292,6 +292,10 @@ class DayOracle:
             inj_p = (p_net - V["p_grid"] + adjust) @ G - par["bg_p"]  # (T, n)
             inj_q = inj_q - par["bg_q"]
             cons.append(V["dpu"] - V["dpd"] + p_net + adjust == 0)
+            if o.sharing:  # parts of ΔP⁺/ΔP⁻ traded between microgrids, hour by hour: what they buy, they sell
+                V["share_in"], V["share_out"] = cp.Variable((T, M), nonneg=True), cp.Variable((T, M), nonneg=True)
+                cons += [V["share_in"] <= V["dpu"], V["share_out"] <= V["dpd"],
+                         cp.sum(V["share_in"], axis=1) == cp.sum(V["share_out"], axis=1)]
         else:
             inj_p = (p_net + V["dpu"] - V["dpd"] + adjust) @ G  # (T, n)
         nodes = slice(1, None) if feeder else slice(None)  # the substation's balance is free
@@ -317,7 +321,8 @@ class DayOracle:
         # --- objective (€)
         # the lower layer's € terms, as the env computes them (devices.LOWER_COST_TERMS), on (T, M) expressions
         x = Quantities(V["p_mt"] * bk, V["p_grid"] * bk, cp.pos(-V["p_grid"]) * bk, V["cha"] * bk, V["dis"] * bk,
-                       par["c"], par["export_markup"])
+                       par["c"], par["export_markup"], cp.pos(V["p_grid"]) * bk, o.grid_fee_eur_per_kwh,
+                       o.export_fee_eur_per_kwh)
         ratings = _Tiled(f, T)
         f_lower = dt * cp.sum(sum(term.eur_per_h(ratings, x, cp.multiply) for term in devices.LOWER_COST_TERMS))
         f_up = bk * dt * (cp.sum(cp.multiply(par["pi_up"], V["dpu"])) - cp.sum(cp.multiply(par["pi_dn"], V["dpd"]))
@@ -326,6 +331,10 @@ class DayOracle:
                           + o.curtailment_cost_eur_per_kwh * cp.sum(V["cur"])
                           + cp.sum(cp.multiply(par["c_qs"], V["qsu"] + V["qsd"])))
         f_up = f_up + dt * o.voltage_penalty_eur_per_pu_h * cp.sum(V["v_slack_hi"] + V["v_slack_lo"])
+        if "share_in" in V:  # c + fee − π⁺ per kWh bought from a neighbour, π⁻ − c per kWh sold to one
+            f_up = f_up + bk * dt * (cp.sum(cp.multiply(par["c"] + o.sharing_fee_eur_per_kwh - par["pi_up"],
+                                                        V["share_in"]))
+                                     + cp.sum(cp.multiply(par["pi_dn"] - par["c"], V["share_out"])))
         if E:
             f_up = f_up + bk * dt * cp.sum(cp.multiply(par["w"], cp.multiply(np.tile(r, (T, 1)), V["l"])))
         soc_next = V["soc"][1:]
@@ -414,6 +423,7 @@ class DayOracle:
         cha, dis = nn("cha"), nn("dis")
         dpu, dpd, dqu, dqd = nn("dpu"), nn("dpd"), nn("dqu"), nn("dqd")
         cur, shd, spl, qsu, qsd = nn("cur"), nn("shd"), nn("spl"), nn("qsu"), nn("qsd")
+        shared_in, shared_out = (nn("share_in"), nn("share_out")) if "share_in" in V else (None, None)
         soc = val("soc")
         p_ess = dis - cha
         p_net = pv + wt + p_mt + p_ess + p_grid - load
@@ -423,6 +433,7 @@ class DayOracle:
              "q_grid_kvar": q_grid, "p_net_kw": p_net, "q_net_kvar": q_net, "delta_p_kw": dpu - dpd,
              "delta_q_kvar": dqu - dqd, "curtailment_kw": cur, "shedding_kw": shd, "spill_kw": spl,
              "q_slack_kvar": qsu - qsd,
+             "shared_kw": np.zeros_like(dpu) if shared_in is None else shared_in - shared_out,
              "soc": soc[1:]}
         # costs with the env's own formulas
         names = cost_term_names()
@@ -437,11 +448,15 @@ class DayOracle:
         for t in range(T):
             c = float(price[t])
             for k, eur in zip(names, lower_layer_costs(f, c, p_mt[t], p_grid[t], cha[t], dis[t], dt,
-                                                        cfg.export_discount)):
+                                                        cfg.export_discount, o.grid_fee_eur_per_kwh,
+                                                        o.export_fee_eur_per_kwh)):
                 terms[k][t] = eur
             pi_up, pi_dn, w, c_q, c_qs = step_prices(c, o)
             bal[t] = (pi_up * dpu[t] - pi_dn * dpd[t] + c_q * (dqu[t] + dqd[t]) + o.voll_eur_per_kwh * (shd[t] + spl[t])
                       + o.curtailment_cost_eur_per_kwh * cur[t] + c_qs * (qsu[t] + qsd[t])) * dt
+            if shared_in is not None:
+                s_in, s_out = sharing_prices(c, pi_up, pi_dn, o)
+                bal[t] += (s_in * shared_in[t] + s_out * shared_out[t]) * dt
             v_pen[t] = o.voltage_penalty_eur_per_pu_h * float(np.sum(svh[t] + svl[t])) * dt
             if net.n_edges:
                 loss_kw[t] = float(net.r_pu @ l[t] * bk)

@@ -148,3 +148,47 @@ def test_opf_on_another_radial_feeder_kerber_agrees_with_pandapower(scale, p, pg
     pp.runpp(check, tolerance_mva=1e-12)
     assert np.max(np.abs(check.res_bus.vm_pu.to_numpy() - res.v_pu)) <= 1e-5
     assert abs(1000 * check.res_line.pl_mw.sum() - res.losses_kw) <= 0.1
+
+
+def test_sharing_through_the_feeder_by_hand(feeder):
+    """mg_0 has 100 kW to spare, mg_1 lacks 80 kW, neither scheduled it. Without sharing mg_1 buys at π⁺ = 0.12 and
+    mg_0 sells at π⁻ = 0.08 (c = 0.1, κ = 0.2); with sharing 80 kW go from mg_0 to mg_1 at c + fee = 0.11 (the
+    seller earning c): the team saves 80 × (0.12 − 0.11) + 80 × (0.10 − 0.08) = 2.40 €, and each side gains."""
+    p, q, pg = np.array([100.0, -80.0, 0.0, 0.0]), np.zeros(4), np.zeros(4)
+    res = {}
+    for sharing in (False, True):
+        opf = ConicOPF(feeder, OPFConfig(substation_v_pu=1.03, sharing=sharing, sharing_fee_eur_per_kwh=0.01),
+                       **LIMITS)
+        res[sharing] = opf.solve(p, q, 0.1, pg, q, np.zeros(4), 0.5)
+        assert res[sharing].relaxation_gap_pu <= 1e-6
+    on, off = res[True], res[False]
+    assert off.objective_eur - on.objective_eur == pytest.approx(2.40, abs=1e-3)
+    np.testing.assert_allclose(on.mg_lists.shared_kw[:2], [-80.0, 80.0], atol=1e-4)  # direction: mg_0 → mg_1
+    assert on.mg_balancing_cost_eur[0] < off.mg_balancing_cost_eur[0]  # the seller earns more
+    assert on.mg_balancing_cost_eur[1] < off.mg_balancing_cost_eur[1]  # the buyer pays less
+    with pytest.raises(ConfigError, match="sharing needs opf.topology='feeder'"):
+        parallel_env(opf={"sharing": True})
+
+
+def test_retail_tariff_prices_schedules_and_balancing():
+    """A grid fee g on imports: a scheduled purchase costs (c + g)·P in the lower layer, and an unscheduled deficit's
+    nodal price is the balancing price plus g; the oracle with the tariff and sharing replays exactly."""
+    from mmgrid_env import make_config, replay
+
+    g = 0.05
+    env = parallel_env(microgrid_buses=BUSES, opf={"topology": "feeder", "substation_v_pu": 1.03,
+                                                     "grid_fee_eur_per_kwh": g})
+    env.reset(seed=0, options={"day": 40})
+    f = env.fleet
+    buy = np.array([100.0, 0.0, 0.0, 0.0])
+    infos = env.step(env.action_from_setpoints(f.mt_min_kw, 0.0, buy, 0.0))[4]
+    c = infos["mg_0"]["price_eur_per_kwh"]
+    assert infos["mg_0"]["cost_grid_eur"] == pytest.approx((c + g) * infos["mg_0"]["p_grid_kw"], rel=1e-12)
+    assert infos["mg_0"]["p_grid_kw"] == pytest.approx(100.0, rel=1e-6)  # float32 actions
+    deficit = [a for a in env.possible_agents if infos[a]["delta_p_kw"] > 1.0]
+    assert deficit and all(infos[a]["dlmp_eur_per_kwh"] >= c * 1.2 + g - 1e-6 for a in deficit)
+    cfg = make_config("paper", microgrid_buses=BUSES, opf={"topology": "feeder", "substation_v_pu": 1.03,
+                                                           "grid_fee_eur_per_kwh": 0.08, "sharing": True})
+    res = solve_day(cfg, 104)
+    assert res.relaxation_gap_pu <= 1e-6
+    assert replay(res, cfg).objective_eur == pytest.approx(res.objective_eur, rel=1e-4)
