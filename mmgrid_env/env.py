@@ -159,7 +159,10 @@ class MultiMicrogridEnv(ParallelEnv):
       fields, reset options, actions, data, OPF inputs; clear errors naming the field), observations owned by the
       caller, bit-identical replays, the env pickles; ``dt_h`` other than 1 is refused (it was accepted and
       silently wrong). New infos: ``spill_kw``, ``dlmp_eur_per_kwh`` (nodal price), ``voltage_violation_pu``,
-      ``opf_exactness_repair``; splits ``"validation"`` and five stress splits.
+      ``opf_exactness_repair``; splits ``"validation"`` and five stress splits. New options (off by default, so
+      the presets keep their numbers): the full feeder (``opf.topology="feeder"``), the retail tariff
+      (``opf.grid_fee_eur_per_kwh``, ``opf.export_fee_eur_per_kwh``), sharing between microgrids
+      (``opf.sharing``), each microgrid's own load/PV/wind profiles (the bundled SimBench columns).
     """
 
     metadata = {"name": "mmgrid_v1", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,

@@ -58,8 +58,9 @@ def balancing_prices(price_eur_per_kwh: float, kappa: float) -> tuple[float, flo
 
 def step_prices(price_eur_per_kwh: float, cfg: OPFConfig) -> tuple[float, float, float, float, float]:
     """Every price of the upper layer's objective for one hour, in one place (the per-step OPF, its cvxpy
-    reference and the oracle all use it): (π⁺, π⁻, w, c_q, c_qs) — the balancing prices, the loss weight, the
-    reactive cost and the reactive slack's cost ``reactive_slack_cost_factor · c_q`` (€/kWh, €/kVArh)."""
+    reference and the oracle all use it): (π⁺, π⁻, w, c_q, c_qs) — the balancing prices (with the retail tariff's
+    grid fee added to π⁺ and its export fee taken from π⁻), the loss weight, the reactive cost and the reactive
+    slack's cost ``reactive_slack_cost_factor · c_q`` (€/kWh, €/kVArh)."""
     pi_up, pi_dn = balancing_prices(price_eur_per_kwh, cfg.balancing_kappa)
     pi_up, pi_dn = pi_up + cfg.grid_fee_eur_per_kwh, pi_dn - cfg.export_fee_eur_per_kwh  # the retail tariff
     c_q = reactive_cost(price_eur_per_kwh, cfg)
