@@ -34,11 +34,9 @@ SIMBENCH_MIX = (  # (load, PV, wind) columns of the bundled dataset, one row per
 def feeder_config(grid_fee: float, sharing: bool, profiles: str):
     mgs = presets["paper"].microgrids
     if profiles == "simbench":
-        mgs = tuple(dataclasses.replace(m, bus=b, load_profile=lp, pv_profile=pp, wind_profile=wp)
-                    for m, b, (lp, pp, wp) in zip(mgs, FEEDER_BUSES, SIMBENCH_MIX))
-    else:
-        mgs = tuple(dataclasses.replace(m, bus=b) for m, b in zip(mgs, FEEDER_BUSES))
-    return make_config("paper", microgrids=mgs,
+        mgs = tuple(dataclasses.replace(m, load_profile=lp, pv_profile=pp, wind_profile=wp)
+                    for m, (lp, pp, wp) in zip(mgs, SIMBENCH_MIX))
+    return make_config("paper", microgrids=mgs, microgrid_buses=FEEDER_BUSES,
                        opf=dict(topology="feeder", substation_v_pu=1.03, grid_fee_eur_per_kwh=grid_fee,
                                 sharing=sharing, sharing_fee_eur_per_kwh=0.01))
 

@@ -20,6 +20,13 @@ def csv_text(n_days=2, price=50.0):
     return "\n".join(rows) + "\n"
 
 
+def write_csv(tmp_path, name, lines):
+    """A data file made of ``lines`` (a damaged copy of :func:`csv_text`), for the malformed-file tests."""
+    path = tmp_path / name
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def test_bundled_dataset_matches_source():
     ds = load_dataset()
     assert ds.n_days == 366 and ds.pv_pu.shape == (366, 24)
@@ -80,8 +87,7 @@ def test_bad_number_names_row_and_column(tmp_path):
     parts = lines[6].split(",")
     parts[3] = "0,5".replace(",", ";")  # a decimal comma typo
     lines[6] = ",".join(parts)
-    p = tmp_path / "typo.csv"
-    p.write_text("\n".join(lines) + "\n")
+    p = write_csv(tmp_path, "typo.csv", lines)
     with pytest.raises(DataError, match=r"row 7, column 'wind_pu': not a number: '0;5'"):
         load_dataset(p)
 
@@ -254,8 +260,7 @@ def test_empty_and_header_only_files(tmp_path, text, match):
 def test_row_with_too_few_fields_names_the_row(tmp_path):
     lines = csv_text(1).splitlines()
     lines[4] = lines[4].rsplit(",", 1)[0]  # price missing
-    p = tmp_path / "short.csv"
-    p.write_text("\n".join(lines) + "\n")
+    p = write_csv(tmp_path, "short.csv", lines)
     with pytest.raises(DataError, match=r"short\.csv, row 5: 5 fields, header has 6"):
         load_dataset(p)
 
@@ -299,8 +304,7 @@ def test_columns_in_any_order_extra_columns_ignored(tmp_path):
 def test_duplicate_required_column_is_rejected(tmp_path):
     lines = csv_text(1).splitlines()
     lines = [lines[0] + ",pv_pu"] + [line + ",0.5" for line in lines[1:]]  # which pv_pu is meant?
-    p = tmp_path / "dup.csv"
-    p.write_text("\n".join(lines) + "\n")
+    p = write_csv(tmp_path, "dup.csv", lines)
     with pytest.raises(DataError, match=r"dup\.csv: column\(s\) \['pv_pu'\] appear more than once"):
         load_dataset(p)
 
