@@ -8,8 +8,8 @@ infos) — the last is what the env adds on top of the OPF.
 
     python benchmarks/env_step.py [--episodes 40] [--reference-episodes 3] [--feeder]
 
-``--feeder``: the paper preset's microgrids at buses [17, 21, 24, 32] of the full case33bw feeder
-(``opf.topology="feeder"``, substation at 1.03 p.u.).
+``--feeder``: the preset ``"feeder"`` (four heterogeneous microgrids at buses [17, 21, 24, 32] of the full case33bw
+feeder, its own load, tariff and sharing).
 """
 
 from __future__ import annotations
@@ -55,8 +55,7 @@ def main(argv=None):
     ap.add_argument("--reference-episodes", type=int, default=3, help="episodes for the naive cvxpy reference")
     ap.add_argument("--feeder", action="store_true", help="the full case33bw feeder instead of the reduced network")
     args = ap.parse_args(argv)
-    kw = dict(microgrid_buses=[17, 21, 24, 32], opf={"topology": "feeder", "substation_v_pu": 1.03}) \
-        if args.feeder else {}
+    kw = dict(config="feeder") if args.feeder else {}
 
     env = parallel_env(**kw)
     run(env, 2)  # warm-up: first solves allocate the solver

@@ -25,7 +25,7 @@ PLACEMENTS = {
     "paper": None,  # the preset's 4 microgrids at buses [1, 2, 5, 24]
     "8": (1, 2, 5, 8, 12, 18, 24, 29),
     "32": tuple(range(1, 33)),  # a microgrid at every bus but the substation's
-    "feeder": (17, 21, 24, 32),  # the paper preset's microgrids at the feeder ends of the full 33-bus feeder
+    "feeder": None,  # the preset "feeder": heterogeneous microgrids at the ends of the full 33-bus feeder
 }
 
 
@@ -36,10 +36,10 @@ def rss_mb() -> float:
 
 def make_env(placement: str, aggregation: str):
     buses = PLACEMENTS[placement]
+    if placement == "feeder":  # the preset: the full feeder with its own load, tariff and sharing
+        return parallel_env("feeder")
     if buses is None:
         return parallel_env(opf={"impedance_aggregation": aggregation})
-    if placement == "feeder":  # the full feeder with its own load, the substation at 1.03 p.u.
-        return parallel_env(microgrid_buses=buses, opf={"topology": "feeder", "substation_v_pu": 1.03})
     base = presets["paper"].microgrids
     mgs = [dataclasses.replace(base[k % len(base)], bus=b) for k, b in enumerate(buses)]
     return parallel_env(microgrids=mgs, opf={"impedance_aggregation": aggregation})

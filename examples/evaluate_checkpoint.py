@@ -15,13 +15,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+from mmgrid_env.data import SPLITS
 from mmgrid_baselines.mappo import CheckpointError, policy_from_checkpoint
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("checkpoint", help="a mappo.pt written by examples/train_mappo.py")
-    p.add_argument("--split", default="test", choices=["test", "train", "all"])
+    p.add_argument("--split", default="test", choices=list(SPLITS))
     p.add_argument("--days", type=int, nargs="+", default=None, help="dataset day indices (overrides --split)")
     p.add_argument("--env-preset", default=None, help="evaluate on this preset instead of the checkpoint's")
     p.add_argument("--no-oracle", action="store_true", help="skip the oracle (no optimality gap)")

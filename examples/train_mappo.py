@@ -62,7 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, evaluation on {QUICK_EVAL_DAYS} "
                                                          "test days")
     p.add_argument("--out", default=None, help="output folder (default runs/mappo/<env>_<hp>_seed<seed>)")
-    p.add_argument("--no-eval", action="store_true", help="skip the final test-day evaluation")
+    p.add_argument("--no-eval", action="store_true", help="skip the final evaluation")
+    p.add_argument("--eval-split", default="test",
+                   help="split of the final evaluation: 'test' (default; report it once), 'validation' (to choose "
+                        "hyper-parameters and priors) or a stress split")
     p.add_argument("--no-oracle", action="store_true", help="evaluate without the oracle (no optimality gap)")
     p.add_argument("--no-rule-based", action="store_true", help="do not evaluate the rule-based policy")
     p.add_argument("--eval-days", type=int, default=None,
@@ -215,37 +218,38 @@ def main(argv: list[str] | None = None) -> int:
                                 updates=res.updates)
         return 0
 
-    # ------------------------------------------------------------------ evaluate on the test days
+    # ------------------------------------------------------------------ evaluate on the test (or validation) days
     from mmgrid_env import compare_table, evaluate
     from mmgrid_env import parallel_env
 
     env = parallel_env(args.env_preset)
-    test_days = [int(d) for d in env.dataset.test_days]
+    test_days = [int(d) for d in env.dataset.split_days(ns.eval_split)]
     n_eval = ns.eval_days if ns.eval_days is not None else (QUICK_EVAL_DAYS if ns.quick else None)
     days = test_days[:n_eval] if n_eval is not None else test_days
     plot_day = ns.plot_day if ns.plot_day is not None else days[0]
     record = [] if ns.no_plots else [plot_day]
     if plot_day not in days and record:
         days = days + [plot_day]
+    where = dict(split=ns.eval_split) if days == test_days else dict(days=days)  # the split's name in the record
     use_oracle = not ns.no_oracle
     cache = ns.oracle_cache or str(ROOT / "runs" / "oracle_cache")
     t0 = time.perf_counter()
     policy = MAPPOPolicy.from_args(res.agent, res.env_info["agents"], args, deterministic=True)
     results = {}
-    results["mappo"] = evaluate(policy, days=days, config=args.env_preset, oracle=use_oracle, progress=progress,
+    results["mappo"] = evaluate(policy, **where, config=args.env_preset, oracle=use_oracle, progress=progress,
                                 record=record, oracle_cache_dir=cache, name="mappo")
     if not ns.no_rule_based:
         from mmgrid_env.policies import RuleBasedPolicy
 
-        results["rule_based"] = evaluate(RuleBasedPolicy(env), days=days, config=args.env_preset,
+        results["rule_based"] = evaluate(RuleBasedPolicy(env), **where, config=args.env_preset,
                                          oracle=use_oracle, progress=progress, oracle_cache_dir=cache,
                                          name="rule_based")
         if env.config.obs_price_forecast:  # the same rules with the forecast the actors see: a fair yardstick
             results["rule_based_day_ahead"] = evaluate(
-                RuleBasedPolicy(env, reference="day_ahead"), days=days, config=args.env_preset, oracle=use_oracle,
+                RuleBasedPolicy(env, reference="day_ahead"), **where, config=args.env_preset, oracle=use_oracle,
                 progress=progress, oracle_cache_dir=cache, name="rule_based_day_ahead")
     if use_oracle:
-        results["oracle"] = evaluate("oracle", days=days, config=args.env_preset, progress=progress,
+        results["oracle"] = evaluate("oracle", **where, config=args.env_preset, progress=progress,
                                      oracle_cache_dir=cache, name="oracle")
     for name, r in results.items():
         r.to_csv(out / f"eval_{name}.csv")
@@ -258,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     table = compare_table(results, columns=cols, fmt="markdown",
                           reference="oracle" if use_oracle else None)
     header = (f"MAPPO ({ns.hp} hyper-parameters, preset {args.env_preset!r}, seed {args.seed}, {n_ep} training "
-              f"episodes, {res.env_steps_per_s:.0f} env steps/s) on {len(days)} test day(s); means per day "
+              f"episodes, {res.env_steps_per_s:.0f} env steps/s) on {len(days)} {ns.eval_split} day(s); means per day "
               f"(evaluation {time.perf_counter() - t0:.0f} s)")
     print(header)
     print(table)

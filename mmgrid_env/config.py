@@ -17,6 +17,8 @@ __all__ = [
     "OPFConfig",
     "EnvConfig",
     "presets",
+    "FEEDER_BUSES",
+    "SIMBENCH_MIX",
     "make_config",
     "ConfigError",
 ]
@@ -341,15 +343,45 @@ _PAPER_MICROGRIDS = (
                     ess_capacity_kwh=400.0, ess_charge_max_kw=100.0, ess_discharge_max_kw=100.0),
 )
 
+# The "feeder" preset: the same four sets of ratings at the ends of the full case33bw feeder, each with its own
+# SimBench load / PV / wind profile (household, commercial, agricultural), the feeder's own load on, a retail
+# tariff and sharing between microgrids (docs/model.md, "The `feeder` preset", gives the source of each value).
+FEEDER_BUSES = (17, 21, 24, 32)
+"""The feeder preset's microgrid buses: the ends of case33bw's four laterals (buses 17, 21, 24, 32)."""
+
+SIMBENCH_MIX = (  # (load, PV, wind) profile columns of the bundled dataset, one row per microgrid
+    ("simbench_H0_load_pu", "simbench_pv3_pu", "simbench_wp4_pu"),  # household
+    ("simbench_G1_load_pu", "simbench_pv5_pu", "simbench_wp7_pu"),  # commercial
+    ("simbench_L0_load_pu", "simbench_pv3_pu", "simbench_wp7_pu"),  # agricultural
+    ("simbench_G0_load_pu", "simbench_pv5_pu", "simbench_wp4_pu"),  # commercial
+)
+"""The feeder preset's profiles: (load, PV, wind) dataset columns of each microgrid."""
+
+FEEDER_GRID_FEE_EUR_PER_KWH = 0.0710
+"""Energy component of a published medium-voltage (20 kV) network tariff for withdrawals, < 3000 h/a of use
+(Luxembourg, 2023; docs/model.md cites it with the range it sits in)."""
+
+_FEEDER_MICROGRIDS = tuple(
+    dataclasses.replace(mg, bus=bus, load_profile=load, pv_profile=pv, wind_profile=wind)
+    for mg, bus, (load, pv, wind) in zip(_PAPER_MICROGRIDS, FEEDER_BUSES, SIMBENCH_MIX))
+
 presets: Mapping[str, EnvConfig] = {
     "paper": EnvConfig(microgrids=_PAPER_MICROGRIDS),
     "paper_extras": EnvConfig(microgrids=_PAPER_MICROGRIDS, obs_hour=True, obs_price_forecast=True),
     "paper_day_ahead": EnvConfig(microgrids=_PAPER_MICROGRIDS, obs_hour=True, obs_price_forecast=11),
+    "feeder": EnvConfig(
+        microgrids=_FEEDER_MICROGRIDS, obs_hour=True, obs_price_forecast=11,
+        opf=OPFConfig(topology="feeder", substation_v_pu=1.01, background_load_scale=1.0,
+                      grid_fee_eur_per_kwh=FEEDER_GRID_FEE_EUR_PER_KWH, export_fee_eur_per_kwh=0.0,
+                      sharing=True, sharing_fee_eur_per_kwh=0.01)),
 }
 """Named, complete configurations. ``"paper"``: the BMAPPO setting (4 microgrids, observation of eq. 23).
 ``"paper_extras"``: the same system with hour-of-day and a one-hour price forecast in the observation.
 ``"paper_day_ahead"``: hour-of-day and the next 11 hours of day-ahead prices (what the auction has published at
-every hour of the day)."""
+every hour of the day). ``"feeder"``: the network that matters — the paper's four sets of ratings at the ends of
+the full 33-bus feeder (:data:`FEEDER_BUSES`) with heterogeneous SimBench profiles (:data:`SIMBENCH_MIX`), the
+feeder's own load, the substation at 1.01 p.u., a grid fee of 0.071 €/kWh on imports, sharing between microgrids
+at 0.01 €/kWh, and the observation of ``"paper_day_ahead"``."""
 
 
 def make_config(config: EnvConfig | str | None = None, *, microgrid_buses: Sequence[int] | None = None,

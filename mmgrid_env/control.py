@@ -22,7 +22,8 @@ Set-points are [P_MT kW, P_ESS kW (+ discharge), P_grid kW (+ buy), Q_grid kVar 
 action map is such a chain (stored in its checkpoints by name):
 
 ==================  ==========================================================================================
-``merit_order_mt``  P_MT := :func:`merit_order_mt_kw` of the observed price (the actor's P_MT is ignored)
+``merit_order_mt``  P_MT := :func:`merit_order_mt_kw` of the observed price and the tariff (the actor's P_MT is
+                    ignored)
 ``soc_shield``      P_ESS clipped to :func:`ess_operational_limits_kw` (SoC_{t+1} stays in [soc_min, soc_max])
 ``mt_cover``        P_MT moved by what the trade limits cannot carry (:func:`mt_cover_kw`)
 ``balance``         P_grid := the balance (:func:`balance_trade_kw`, the battery at its SoC-feasible power)
@@ -40,7 +41,7 @@ import numpy as np
 from .config import EnvConfig, make_config
 from .devices import Fleet, fleet_from_config
 
-__all__ = ["fleet_of", "observation_columns", "Observed", "observe", "merit_order_mt_kw", "ess_limits_kw",
+__all__ = ["fleet_of", "tariff_of", "observation_columns", "Observed", "observe", "merit_order_mt_kw", "ess_limits_kw",
            "ess_operational_limits_kw", "balance_trade_kw", "mt_cover_kw", "setpoints_to_actions", "to_actions",
            "ActionChain", "STAGES", "SOC_SHIELD_MARGIN"]
 
@@ -121,14 +122,37 @@ def observe(env_or_config: Any, observations: Any, fleet: Fleet | None = None) -
                     price_ahead_eur_per_kwh=o[..., first:first + k] * scale)
 
 
-def merit_order_mt_kw(fleet: Fleet, price_eur_per_kwh) -> np.ndarray:
-    """The MT's set-point where the price meets its marginal cost b + 2a·P: clip((c − b)/(2a), P_min, P_max)
-    (cost a·P² + b·P + c₀; c₀ is paid every hour anyway). With a = 0: P_max if c > b, else P_min."""
-    c = np.asarray(price_eur_per_kwh, np.float64)
+def _mt_at_price_kw(fleet: Fleet, c) -> np.ndarray:
     a, b = fleet.mt_cost_a_eur_per_kw2h, fleet.mt_cost_b_eur_per_kwh
     with np.errstate(divide="ignore", invalid="ignore"):
         p = np.where(a > 0, (c - b) / (2.0 * np.where(a > 0, a, 1.0)), np.where(c > b, np.inf, -np.inf))
     return np.clip(p, fleet.mt_min_kw, fleet.mt_max_kw)
+
+
+def tariff_of(env_or_config: Any = None) -> tuple[float, float]:
+    """(grid fee on imports, export fee) in €/kWh of an env (any wrapper), a config or a preset name."""
+    opf = _config(env_or_config).opf
+    return float(opf.grid_fee_eur_per_kwh), float(opf.export_fee_eur_per_kwh)
+
+
+def merit_order_mt_kw(fleet: Fleet, price_eur_per_kwh, deficit_kw=None, tariff: tuple[float, float] = (0.0, 0.0)
+                      ) -> np.ndarray:
+    """The MT's set-point where the price meets its marginal cost b + 2a·P: clip((c − b)/(2a), P_min, P_max)
+    (cost a·P² + b·P + c₀; c₀ is paid every hour anyway). With a = 0: P_max if c > b, else P_min.
+
+    With a retail ``tariff`` = (grid fee g, export fee e) a kWh the MT makes is worth c + g while it replaces an
+    import and c − e once it is exported, so the best output is the deficit it covers, clipped to
+    [P(c − e), P(c + g)] (P(x): the output where the marginal cost meets x); ``deficit_kw`` is the microgrid's
+    deficit without the MT (load − PV − WT − P_ESS; ``None``: no deficit known, P(c − e)). Without fees this is
+    P(c) whatever the deficit."""
+    c = np.asarray(price_eur_per_kwh, np.float64)
+    g, e = float(tariff[0]), float(tariff[1])
+    if g == 0.0 and e == 0.0:
+        return _mt_at_price_kw(fleet, c)
+    p_sell = _mt_at_price_kw(fleet, c - e)
+    if deficit_kw is None:
+        return p_sell
+    return np.clip(np.asarray(deficit_kw, np.float64), p_sell, _mt_at_price_kw(fleet, c + g))
 
 
 def ess_limits_kw(fleet: Fleet, soc, dt_h: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
@@ -193,7 +217,8 @@ def to_actions(env_or_agents: Any, fleet: Fleet, setpoints: Sequence) -> dict[st
 
 # ---------------------------------------------------------------------------------------------- stages
 def _stage_merit_order_mt(chain, sp, seen, a):
-    sp[..., 0] = merit_order_mt_kw(chain.fleet, seen.price_eur_per_kwh)
+    deficit = seen.load_kw - seen.pv_kw - seen.wt_kw - _feasible_ess(chain, sp, seen)
+    sp[..., 0] = merit_order_mt_kw(chain.fleet, seen.price_eur_per_kwh, deficit, chain.tariff)
 
 
 def _stage_soc_shield(chain, sp, seen, a):
@@ -241,6 +266,7 @@ class ActionChain:
         self.config = _config(env_or_config)
         self.fleet = fleet_from_config(self.config)
         self.dt_h = float(self.config.dt_h)
+        self.tariff = tariff_of(self.config)
         self.stages, self.residual = tuple(stages), float(residual)
         self._low, self._span = self.fleet.action_low, self.fleet.action_high - self.fleet.action_low
 

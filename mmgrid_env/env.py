@@ -54,7 +54,7 @@ class _StepRecord:
 SYSTEM_INFO_KEYS = (
     "hour", "day", "cost_upper_eur", "loss_kw", "loss_cost_eur", "voltage_penalty_eur", "cost_total_eur",
     "team_reward", "relaxation_gap_pu", "voltage_violation_pu", "opf_status", "opf_exactness_repair",
-    "substation_p_kw", "background_load_kw",
+    "substation_p_kw", "background_load_kw", "v_min_pu", "v_max_pu",
 )
 """System-wide keys, the same in every agent's info. ``cost_total_eur`` = Σ lower-layer € + upper-layer €;
 ``voltage_violation_pu``: the largest violation of the squared-voltage limits (p.u.², 0 when they hold);
@@ -62,7 +62,8 @@ SYSTEM_INFO_KEYS = (
 ``opf_exactness_repair``: 1 when the step was re-solved with losses priced above VOLL because its relaxation gap
 exceeded 1e-6 p.u. (a surplus that only spill could absorb), −1 when that did not help, else 0;
 ``substation_p_kw``, ``background_load_kw`` (full feeder only, 0 otherwise): what the substation delivers into the
-feeder and the feeder's own load this hour. Infos hold only
+feeder and the feeder's own load this hour; ``v_min_pu``, ``v_max_pu``: the lowest and highest voltage magnitude
+over the network's nodes (p.u.). Infos hold only
 deterministic numbers (same seed and actions → same infos): solve times are in ``env.last_step["opf"]``."""
 
 
@@ -140,7 +141,8 @@ class MultiMicrogridEnv(ParallelEnv):
     ## Arguments
 
     ``parallel_env(config=None, render_mode=None, **overrides)``: ``config`` is an :class:`EnvConfig` or a preset
-    name (``"paper"`` default, ``"paper_extras"``, ``"paper_day_ahead"``); ``overrides`` are :class:`EnvConfig` fields
+    name (``"paper"`` default, ``"paper_extras"``, ``"paper_day_ahead"``, ``"feeder"``: the full feeder with
+    heterogeneous microgrids, tariff and sharing); ``overrides`` are :class:`EnvConfig` fields
     (``reward_mode``, ``alpha``, ``beta``, ``dataset``, ``obs_hour``, …), plus ``microgrid_buses=[...]`` and
     ``opf={...}`` (:class:`OPFConfig` fields such as ``impedance_aggregation``). ``env(...)`` returns the AEC
     version. After each step, ``env.last_step`` holds the step's arrays and the :class:`OPFResult`.
@@ -163,6 +165,10 @@ class MultiMicrogridEnv(ParallelEnv):
       the presets keep their numbers): the full feeder (``opf.topology="feeder"``), the retail tariff
       (``opf.grid_fee_eur_per_kwh``, ``opf.export_fee_eur_per_kwh``), sharing between microgrids
       (``opf.sharing``), each microgrid's own load/PV/wind profiles (the bundled SimBench columns).
+    * v1, package 0.4.0: new preset ``"feeder"`` (four heterogeneous microgrids at the ends of the full feeder,
+      its own load, a cited grid fee, sharing); new infos ``v_min_pu``, ``v_max_pu``. The rule-based policy and the
+      ``merit_order_mt`` action stage see the tariff (unchanged without one). The other presets' numbers are
+      unchanged.
     """
 
     metadata = {"name": "mmgrid_v1", "render_modes": ["ansi", "rgb_array", "human"], "is_parallelizable": True,
@@ -440,6 +446,7 @@ class MultiMicrogridEnv(ParallelEnv):
             "opf_status": float(opf.status_code),
             "opf_exactness_repair": float(opf.exactness_repair),
             "substation_p_kw": opf.substation_p_kw, "background_load_kw": opf.background_p_kw,
+            "v_min_pu": opf.v_min_pu, "v_max_pu": opf.v_max_pu,
         }
         agents = self.possible_agents
         own = self._obs.copy()  # the caller's arrays: writing into them must not reach state()

@@ -41,6 +41,10 @@ Command line (also the console script ``mmgrid-evaluate``)::
 ``curtailment_kwh``         energy curtailed by the OPF (Σ microgrids)
 ``shedding_kwh``            load shed by the OPF (Σ microgrids)
 ``spill_kwh``               surplus spilled at VOLL: beyond curtailment (generation only) and export headroom
+``shared_kwh``              energy bought from neighbours through the feeder (Σ microgrids; = energy sold to them)
+``loss_kwh``                network losses
+``voltage_limit_hours``     steps in which some node's voltage is within 1e-4 p.u. of a voltage limit or beyond
+``v_min_pu``, ``v_max_pu``  lowest / highest node voltage over the day's steps
 ``soc_violation_rate``      share of agent-steps whose SoC_{t+1} lies outside [soc_min, soc_max]
 ``relaxation_gap_mean_pu``  mean over steps of the OPF's relaxation gap (p.u.); ``..._max_pu`` the max
 ``opf_fallback_steps``      steps where the OPF needed its fallback solver or safe dispatch (status ≠ 0)
@@ -81,7 +85,7 @@ __all__ = ["evaluate", "EvaluationResult", "compare_table", "run_day", "ROW_COLU
 ROW_COLUMNS = (
     "day", "date", "objective_eur", "cost_eur", "cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_upper_eur",
     "loss_cost_eur", "balancing_eur", "voltage_penalty_eur", "soc_penalty_eur", "curtailment_kwh", "shedding_kwh",
-    "spill_kwh", "soc_violation_rate", "relaxation_gap_mean_pu", "relaxation_gap_max_pu", "opf_fallback_steps",
+    "spill_kwh", "shared_kwh", "loss_kwh", "voltage_limit_hours", "v_min_pu", "v_max_pu", "soc_violation_rate", "relaxation_gap_mean_pu", "relaxation_gap_max_pu", "opf_fallback_steps",
     "team_return", "oracle_objective_eur", "oracle_cost_eur", "optimality_gap", "random_objective_eur",
     "normalised_score", "wall_s",
 )
@@ -90,6 +94,9 @@ ROW_COLUMNS = (
 SOC_VIOLATION_TOL = 1e-6
 """cons(SoC) above this counts as a violation. Float round-off at a limit does not: actions are float32, so a
 battery driven exactly to soc_max lands within ~1e-8 of it (1e-6 of SoC is 0.5 Wh on a 500 kWh battery)."""
+
+VOLTAGE_LIMIT_TOL_PU = 1e-4
+"""A step counts in ``voltage_limit_hours`` when some node's voltage is within this of a limit (or beyond it)."""
 
 Policy = Callable[[dict], dict]
 
@@ -126,7 +133,7 @@ class EvaluationResult:
 
     def column(self, name: str) -> np.ndarray:
         """One column over the days, as a float array (``date`` as an object array)."""
-        vals = [r[name] for r in self.rows]
+        vals = [r.get(name, float("nan")) for r in self.rows]  # rows of older records may lack newer columns
         return np.array(vals, dtype=object if name == "date" else float)
 
     def summary(self) -> dict:
@@ -283,6 +290,9 @@ def run_day(env: MultiMicrogridEnv, policy: Policy, day: int, seed: int | None =
     per_agent = {key: 0.0 for key in ("cost_grid_eur", "cost_mt_eur", "cost_ess_eur", "cost_balancing_eur",
                                       "curtailment_kw", "shedding_kw", "spill_kw", "soc_violation")}
     n_viol, n_agent_steps, gaps, fallback = 0, 0, [], 0
+    shared_kw, loss_kw, limit_hours, v_lo, v_hi = 0.0, 0.0, 0, math.inf, -math.inf
+    v_min_lim = env.config.opf.v_min_pu + VOLTAGE_LIMIT_TOL_PU
+    v_max_lim = env.config.opf.v_max_pu - VOLTAGE_LIMIT_TOL_PU
     steps = []
     while env.agents:
         actions = policy(obs)
@@ -294,12 +304,16 @@ def run_day(env: MultiMicrogridEnv, policy: Policy, day: int, seed: int | None =
         acc["voltage_penalty_eur"] += sysd["voltage_penalty_eur"]
         acc["team_return"] += sysd["team_reward"]
         gaps.append(sysd["relaxation_gap_pu"])
+        loss_kw += sysd["loss_kw"]
+        v_lo, v_hi = min(v_lo, sysd["v_min_pu"]), max(v_hi, sysd["v_max_pu"])
+        limit_hours += int(sysd["v_min_pu"] <= v_min_lim or sysd["v_max_pu"] >= v_max_lim)
         fallback += int(sysd["opf_status"] != 0)
         for a in agents:
             inf = infos[a]
             for key in per_agent:
                 per_agent[key] += inf[key]
             n_viol += int(inf["soc_violation"] > SOC_VIOLATION_TOL)
+            shared_kw += max(inf["shared_kw"], 0.0)
             n_agent_steps += 1
         if record:
             steps.append(infos)
@@ -312,7 +326,8 @@ def run_day(env: MultiMicrogridEnv, policy: Policy, day: int, seed: int | None =
         "balancing_eur": per_agent["cost_balancing_eur"], "voltage_penalty_eur": acc["voltage_penalty_eur"],
         "soc_penalty_eur": cfg.beta * per_agent["soc_violation"],
         "curtailment_kwh": per_agent["curtailment_kw"] * cfg.dt_h, "shedding_kwh": per_agent["shedding_kw"] * cfg.dt_h,
-        "spill_kwh": per_agent["spill_kw"] * cfg.dt_h,
+        "spill_kwh": per_agent["spill_kw"] * cfg.dt_h, "shared_kwh": shared_kw * cfg.dt_h,
+        "loss_kwh": loss_kw * cfg.dt_h, "voltage_limit_hours": limit_hours, "v_min_pu": v_lo, "v_max_pu": v_hi,
         "soc_violation_rate": n_viol / max(n_agent_steps, 1),
         "relaxation_gap_mean_pu": float(np.mean(gaps)) if gaps else 0.0,
         "relaxation_gap_max_pu": float(np.max(gaps)) if gaps else 0.0, "opf_fallback_steps": fallback,

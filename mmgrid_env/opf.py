@@ -152,6 +152,10 @@ class OPFResult:
     0 on the reduced network, whose microgrids trade at their own connections."""
     background_p_kw: float = 0.0
     """Full feeder: the feeder's own load this hour (kW), Σ over its buses."""
+    v_min_pu: float = 1.0
+    """Lowest voltage magnitude over the network's nodes (p.u.)."""
+    v_max_pu: float = 1.0
+    """Highest voltage magnitude over the network's nodes (p.u.)."""
     exactness_repair: int = 0
     """1: the first answer's relaxation gap exceeded ``ConicOPF.exactness_tol_pu`` and a re-solve with losses priced
     above VOLL gave this (exact) answer; −1: tried, not better; 0: not needed."""
@@ -904,11 +908,13 @@ class ConicOPF:
         loss_cost = w * losses_kw * dt
         gap = max([le - (p * p + q * q) / (1e-9 if 1e-9 > vi else vi)  # / max(v_from, 1e-9)
                    for le, p, q, vi in zip(l, P, Q, self._v_from(v))], default=0.0) * self._gap_to_feeder_pu
-        viol = max(max(v) - self._v_hi_sq, self._v_lo_sq - min(v), 0.0)
+        v_lo, v_hi = min(v), max(v)
+        viol = max(v_hi - self._v_hi_sq, self._v_lo_sq - v_lo, 0.0)
         res = OPFResult(status, code, solver, loss_cost + sum(cost) + v_pen, loss_cost, v_pen, losses_kw, gap,
                         viol, wall, solver_time, iters, errors,
                         _new_balance(MicrogridBalance, (cost, dp, dq, cur, shd, spl, qsl, v_mg, shared, dlmp)),
                         (v, l, P, Q, bk, self.i_base_ka))
+        res.v_min_pu, res.v_max_pu = sqrt(max(v_lo, 0.0)), sqrt(max(v_hi, 0.0))
         if self.feeder:  # what the substation delivers into the feeder: the flows leaving the root
             res.substation_p_kw = sum([P[e] for e in self._root_edges]) * bk
             res.background_p_kw = self._background_kw

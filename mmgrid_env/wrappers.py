@@ -111,6 +111,7 @@ class DiscreteActions(ParallelEnv):
         mt_f, ess_l = np.meshgrid(self.mt_levels, self.ess_levels, indexing="ij")
         self.levels = np.stack([mt_f.reshape(-1), ess_l.reshape(-1)], axis=1)
         self._fleet, self._dt = control.fleet_of(env), float(base.config.dt_h)
+        self._tariff = control.tariff_of(base.config)
         self._index = {a: i for i, a in enumerate(env.possible_agents)}
         self._act_spaces = {a: spaces.Discrete(self.n_actions) for a in env.possible_agents}
         self._last_obs: dict[str, np.ndarray] = {}
@@ -192,7 +193,7 @@ class DiscreteActions(ParallelEnv):
         seen = control.observe(self.config, np.stack([np.asarray(observations[a], float) for a in agents]), f)
         mt_frac, ess_level = self.levels[keys, 0], self.levels[keys, 1]
         if self.mt_merit_order:
-            p_mt = control.merit_order_mt_kw(f, seen.price_eur_per_kwh)
+            p_mt = None  # after the battery: with a tariff the MT covers the deficit left by the battery
         else:
             p_mt = f.mt_min_kw + mt_frac * (f.mt_max_kw - f.mt_min_kw)
         p_ess = ess_level * np.where(ess_level > 0, f.ess_discharge_max_kw, f.ess_charge_max_kw)
@@ -203,6 +204,9 @@ class DiscreteActions(ParallelEnv):
         if self.ess_feasible:  # the power the battery can deliver / absorb at its SoC (the env's rule)
             max_cha, max_dis = control.ess_limits_kw(f, seen.soc, self._dt)
             p_ess_bal = np.clip(p_ess, -max_cha, max_dis)
+        if p_mt is None:
+            p_mt = control.merit_order_mt_kw(f, seen.price_eur_per_kwh,
+                                             seen.load_kw - seen.pv_kw - seen.wt_kw - p_ess_bal, self._tariff)
         p_grid = np.clip(control.balance_trade_kw(seen, p_mt, p_ess_bal), f.grid_p_min_kw, f.grid_p_max_kw)
         q_grid = np.clip(seen.q_load_kvar, f.grid_q_min_kvar, f.grid_q_max_kvar)
         sp = np.stack([p_mt, p_ess, p_grid, q_grid], axis=1)

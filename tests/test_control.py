@@ -150,3 +150,41 @@ def test_a_cost_term_added_in_one_place_reaches_reward_infos_and_oracle(monkeypa
     assert levied.dispatch["p_mt_kw"].sum() < plain.dispatch["p_mt_kw"].sum()  # the oracle sees the levy
     np.testing.assert_allclose(levied.dispatch["cost_mt_levy_eur"], 0.03 * levied.dispatch["p_mt_kw"], rtol=1e-9)
     assert replay(levied, "paper").objective_eur == pytest.approx(levied.objective_eur, rel=1e-4)
+
+
+def test_merit_order_with_a_tariff_by_hand():
+    """With a grid fee g (and export fee e) the MT's kWh is worth c + g while it replaces imports and c − e beyond:
+    P_MT = clip(deficit, P(c − e), P(c + g)). Without fees the deficit does not matter."""
+    fleet = control.fleet_of("paper")  # a = 1e-4 €/kW²h; b = 0.085, 0.095, 0.08, 0.09 €/kWh; max 120/100/200/150 kW
+    c, g = 0.09, 0.02
+    p_sell = np.clip([(c - b) / 2e-4 for b in (0.085, 0.095, 0.08, 0.09)], 0, [120, 100, 200, 150])
+    p_buy = np.clip([(c + g - b) / 2e-4 for b in (0.085, 0.095, 0.08, 0.09)], 0, [120, 100, 200, 150])
+    np.testing.assert_allclose(p_sell, [25, 0, 50, 0]) and np.testing.assert_allclose(p_buy, [120, 75, 150, 100])
+    deficit = np.array([60.0, 500.0, -40.0, 30.0])
+    got = control.merit_order_mt_kw(fleet, c, deficit, tariff=(g, 0.0))
+    np.testing.assert_allclose(got, [60.0, 75.0, 50.0, 30.0])  # covers the deficit, within [P(c − e), P(c + g)]
+    # an export fee lowers the floor: P(c − e)
+    np.testing.assert_allclose(control.merit_order_mt_kw(fleet, c, -np.ones(4), tariff=(g, 0.005)), [0, 0, 25, 0])
+    # no fees: the plain merit order whatever the deficit; unknown deficit: the export-side output
+    np.testing.assert_array_equal(control.merit_order_mt_kw(fleet, c, deficit), control.merit_order_mt_kw(fleet, c))
+    np.testing.assert_allclose(control.merit_order_mt_kw(fleet, c, None, tariff=(g, 0.0)), p_sell)
+    assert control.tariff_of("feeder") == (pytest.approx(0.071), 0.0) and control.tariff_of("paper") == (0.0, 0.0)
+
+
+def test_rule_based_sees_the_tariff_and_schedules_what_it_is_told():
+    """On the feeder preset (grid fee 0.071 €/kWh) the rules run the MT against the import price where the
+    microgrid has a deficit; ``schedule`` scales the trade with the main grid, the rest left to the feeder."""
+    env = parallel_env("feeder")
+    obs, _ = env.reset(seed=0, options={"day": 1, "split": "validation"})
+    o = np.stack([obs[a] for a in env.possible_agents])
+    seen = control.observe(env, o)
+    fleet = control.fleet_of(env)
+    sp = RuleBasedPolicy(env).setpoints(o)
+    c = float(seen.price_eur_per_kwh[0])
+    deficit = seen.load_kw - seen.pv_kw - seen.wt_kw - sp[:, 1]
+    np.testing.assert_allclose(sp[:, 0], control.merit_order_mt_kw(fleet, c, deficit, (0.071, 0.0)), atol=1e-9)
+    assert np.any(sp[:, 0] > control.merit_order_mt_kw(fleet, c) + 1.0)  # more MT than the plain merit order
+    half = RuleBasedPolicy(env, schedule=0.5).setpoints(o)
+    np.testing.assert_allclose(half[:, 2], 0.5 * sp[:, 2]) and np.testing.assert_allclose(half[:, :2], sp[:, :2])
+    with pytest.raises(ValueError, match="schedule must be in"):
+        RuleBasedPolicy(env, schedule=1.5)

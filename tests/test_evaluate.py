@@ -236,3 +236,20 @@ def test_rule_based_day_ahead_reference_window():
         o[:, 3] = j / 10
         pol.setpoints(o)
     assert list(pol._prices) == pytest.approx([j / 10 * cfg.price_scale_eur_per_kwh for j in range(30 - (24 - k), 30)])
+
+
+def test_feeder_columns_summarise_the_infos():
+    """shared_kwh, loss_kwh, voltage_limit_hours and the day's voltage extremes are what the recorded infos say."""
+    from mmgrid_env.evaluate import VOLTAGE_LIMIT_TOL_PU
+
+    res = evaluate("zero", days=[14], config="feeder", record=True, progress=False)
+    row, steps = res.rows[0], res.trajectories[14]["steps"]
+    sysd = [s["mg_0"] for s in steps]
+    assert row["shared_kwh"] == pytest.approx(sum(max(s[a]["shared_kw"], 0.0) for s in steps for a in s))
+    assert row["shared_kwh"] == pytest.approx(-sum(min(s[a]["shared_kw"], 0.0) for s in steps for a in s), abs=1e-6)
+    assert row["loss_kwh"] == pytest.approx(sum(d["loss_kw"] for d in sysd)) and row["loss_kwh"] > 0
+    assert row["v_min_pu"] == min(d["v_min_pu"] for d in sysd) and row["v_max_pu"] == max(d["v_max_pu"] for d in sysd)
+    at_limit = [d["v_min_pu"] <= 0.95 + VOLTAGE_LIMIT_TOL_PU or d["v_max_pu"] >= 1.05 - VOLTAGE_LIMIT_TOL_PU
+                for d in sysd]
+    assert row["voltage_limit_hours"] == sum(at_limit)
+    assert 0.9 < row["v_min_pu"] <= row["v_max_pu"] < 1.1
