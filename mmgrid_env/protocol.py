@@ -73,8 +73,12 @@ def random_reference(config, days: Sequence[int], cache_dir: str | os.PathLike |
     path = None if cache_dir is None else os.path.join(os.fspath(cache_dir), f"random_{key}.json")
     stored: dict[str, float] = {}
     if path is not None and os.path.exists(path):
-        with open(path) as f:
-            stored = json.load(f)
+        try:
+            with open(path) as f:
+                stored = {str(k): float(v) for k, v in dict(json.load(f)).items()}
+        except (ValueError, TypeError, OSError) as exc:  # a damaged cache is recomputed, never trusted
+            warnings.warn(f"random-reference cache {path} is unreadable ({exc}); recomputing it", stacklevel=2)
+            stored = {}
     out, new = {}, False
     for d in (int(d) for d in days):
         if (key, d) not in _RANDOM_MEMO:
@@ -90,8 +94,10 @@ def random_reference(config, days: Sequence[int], cache_dir: str | os.PathLike |
     if path is not None and new:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         stored.update({str(d): v for d, v in out.items()})
-        with open(path, "w") as f:
+        tmp = f"{path}.tmp{os.getpid()}"  # written whole, then renamed: a concurrent reader never sees half a file
+        with open(tmp, "w") as f:
             json.dump(stored, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
     return out
 
 

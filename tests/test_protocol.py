@@ -115,3 +115,19 @@ def test_stress_split_tables_come_from_test_records_by_subsetting():
         np.mean([r["objective_eur"] for r in res.rows if r["day"] != 9]))
     with pytest.raises(ValueError, match="lacks .* day"):
         subset(rec, "test_high_price")
+
+
+def test_random_reference_cache_survives_a_damaged_file(tmp_path):
+    """Two evaluations sharing a cache folder once read a file another was writing (empty: a crash). The cache is
+    now written whole and renamed; a damaged one is recomputed with a warning, and rewritten valid."""
+    from mmgrid_env import protocol
+
+    first = protocol.random_reference("paper", [4], cache_dir=tmp_path)
+    (path,) = tmp_path.glob("random_*.json")
+    assert json.loads(path.read_text()) == {"4": pytest.approx(first[4])}
+    path.write_text("")  # what a reader saw mid-write
+    protocol._RANDOM_MEMO.clear()
+    with pytest.warns(UserWarning, match="unreadable"):
+        again = protocol.random_reference("paper", [4], cache_dir=tmp_path)
+    assert again[4] == pytest.approx(first[4]) and json.loads(path.read_text()) == {"4": pytest.approx(first[4])}
+    assert not list(tmp_path.glob("*.tmp*"))
