@@ -117,11 +117,12 @@ def test_stress_split_tables_come_from_test_records_by_subsetting():
         subset(rec, "test_high_price")
 
 
-def test_random_reference_cache_survives_a_damaged_file(tmp_path):
+def test_random_reference_cache_survives_a_damaged_file(tmp_path, monkeypatch):
     """Two evaluations sharing a cache folder once read a file another was writing (empty: a crash). The cache is
     now written whole and renamed; a damaged one is recomputed with a warning, and rewritten valid."""
     from mmgrid_env import protocol
 
+    monkeypatch.setattr(protocol, "_RANDOM_MEMO", {})  # nothing from earlier tests: the file is written
     first = protocol.random_reference("paper", [4], cache_dir=tmp_path)
     (path,) = tmp_path.glob("random_*.json")
     assert json.loads(path.read_text()) == {"4": pytest.approx(first[4])}
