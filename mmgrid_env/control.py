@@ -217,7 +217,9 @@ def to_actions(env_or_agents: Any, fleet: Fleet, setpoints: Sequence) -> dict[st
 
 # ---------------------------------------------------------------------------------------------- stages
 def _stage_merit_order_mt(chain, sp, seen, a):
-    deficit = seen.load_kw - seen.pv_kw - seen.wt_kw - _feasible_ess(chain, sp, seen)
+    deficit = None  # without a tariff the deficit does not move the MT: not computed in the hot path
+    if chain.tariff != (0.0, 0.0):
+        deficit = seen.load_kw - seen.pv_kw - seen.wt_kw - _feasible_ess(chain, sp, seen)
     sp[..., 0] = merit_order_mt_kw(chain.fleet, seen.price_eur_per_kwh, deficit, chain.tariff)
 
 

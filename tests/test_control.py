@@ -188,3 +188,22 @@ def test_rule_based_sees_the_tariff_and_schedules_what_it_is_told():
     np.testing.assert_allclose(half[:, 2], 0.5 * sp[:, 2]) and np.testing.assert_allclose(half[:, :2], sp[:, :2])
     with pytest.raises(ValueError, match="schedule must be in"):
         RuleBasedPolicy(env, schedule=1.5)
+
+
+def test_merit_order_stage_sees_the_tariff():
+    """The learners' ``merit_order_mt`` stage runs the MT as the rules do: on a feeder with a grid fee it covers the
+    deficit left by the battery; without a fee it is the plain merit order."""
+    for preset in ("feeder", "paper_day_ahead"):
+        env = parallel_env(preset)
+        obs, _ = env.reset(seed=0, options={"day": 1, "split": "validation"})
+        o = np.stack([obs[a] for a in env.possible_agents])
+        a = np.random.default_rng(0).uniform(-1, 1, (4, 4))
+        chain = control.ActionChain(env, ("merit_order_mt",))
+        sp = chain.setpoints(o, a)
+        seen, fleet = control.observe(env, o), control.fleet_of(env)
+        max_cha, max_dis = control.ess_limits_kw(fleet, seen.soc)
+        deficit = seen.load_kw - seen.pv_kw - seen.wt_kw - np.clip(sp[:, 1], -max_cha, max_dis)
+        want = control.merit_order_mt_kw(fleet, seen.price_eur_per_kwh, deficit, control.tariff_of(env))
+        np.testing.assert_allclose(sp[:, 0], want, atol=1e-9)
+        if preset == "paper_day_ahead":
+            np.testing.assert_allclose(sp[:, 0], control.merit_order_mt_kw(fleet, seen.price_eur_per_kwh))
