@@ -33,6 +33,11 @@ Hyper-parameter sets (``Args.from_preset``):
   30 000 episodes, the exogenous reward baseline (``reward_baseline="net_load"``) and the privileged critic
   inputs (``critic_day_profile``).
 
+**A correction to the rules** (``Args.base_policy``, e.g. ``--base-policy rule_based_day_ahead --action-stages
+soc_shield``): the actor's outputs move the set-points of a reference rule-based policy by up to ±``base_residual``
+of half of each range (:class:`ResidualOnPolicy`), so an untrained actor (mean ≈ 0) already plays the rules and
+learning spends its samples on what the rules cannot do (docs/results.md measures it on the feeder).
+
 Episodes are one day (24 hourly steps) that the environment ends by truncation. We treat the day end as
 **terminal** (no bootstrap): the objective is the day's cost and the evaluation harness, the oracle and the paper
 all score a day on its own. Rollouts always hold whole days, so GAE never needs a bootstrap value.
@@ -52,7 +57,7 @@ import torch
 import torch.nn as nn
 from torch.distributions import Normal
 
-from mmgrid_env import parallel_env
+from mmgrid_env import control, parallel_env
 from mmgrid_env.control import ActionChain
 
 from .common import CheckpointError, CsvLog, first_line, load_payload, save_payload, state_dict_sha256
@@ -60,7 +65,8 @@ from .common import CheckpointError, CsvLog, first_line, load_payload, save_payl
 __all__ = ["Args", "HYPERPARAMETER_SETS", "Actor", "Critic", "RunningMeanStd", "MAPPOAgent", "compute_gae",
            "ppo_losses", "train", "TrainResult", "MAPPOPolicy", "save_checkpoint", "load_checkpoint",
            "policy_from_checkpoint", "CheckpointError", "state_dict_sha256", "make_env", "day_profiles",
-           "greedy_day_cost", "tensorboard_available", "make_action_map"]
+           "greedy_day_cost", "tensorboard_available", "make_action_map", "ResidualOnPolicy",
+           "neighbour_net_load", "actor_inputs"]
 
 HOURS = 24  # steps per episode (one day); the env ends every episode by truncation after 24 steps
 
@@ -164,6 +170,20 @@ class Args:
     balance_residual: float = 0.25
     """With the ``balance`` stage: how far (fraction of half the trade range) the grid outputs move the trade away
     from the balance."""
+    base_policy: str = ""
+    """``""`` (default): the actor's outputs go through ``action_stages``. A policy name of
+    :data:`mmgrid_env.policies.POLICIES` (``"rule_based"``, ``"rule_based_day_ahead"``): the actor learns a
+    **correction** to that policy's set-points, P = P_base + a·``base_residual``·(P_max − P_min)/2 per action
+    (:class:`ResidualOnPolicy`); ``action_stages`` may then hold only ``"soc_shield"``. The reference policy runs
+    on each agent's own observation (and its own past prices), so execution stays decentralised; an actor whose
+    mean output is 0 plays the reference policy exactly."""
+    base_residual: float = 0.25
+    """With ``base_policy``: the largest correction, as a fraction of half of each set-point's range."""
+    actor_neighbours: bool = False
+    """Append to each actor's observation the other microgrids' total net load of the hour, Σ_{j≠i} (P_load −
+    P_PV − P_WT)_j ÷ Σ_{j≠i} load peak_j (:func:`neighbour_net_load`): what a sharing platform on which every
+    microgrid publishes its net-load forecast for the hour would tell it at dispatch time (execution stays
+    decentralised: no neighbour's action or state of charge is seen)."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
     value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
@@ -411,8 +431,93 @@ def _resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_action_map(args: Args, env) -> ActionChain:
-    """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``: the chain ``args.action_stages``."""
+class ResidualOnPolicy:
+    """Actor outputs → env actions as a correction to a reference policy: set-points
+    P = P_base(o) + a·ρ·(P_max − P_min)/2 (a ∈ [-1, 1]⁴, ρ = ``residual``), then (``soc_shield``) P_ESS clipped to
+    the operational SoC limits, clipped to the ranges and mapped onto [-1, 1]⁴.
+
+    The reference policies of :mod:`mmgrid_env.policies` keep state (their window of past prices and an hour
+    counter), so there is one per environment copy (``copies``); call :meth:`reset` at the start of every day, as
+    the evaluation harness calls a policy's ``reset()``. Observations are (copies, N, obs_dim), or (N, obs_dim)
+    with one copy; each call advances the reference policies by one hour.
+    """
+
+    def __init__(self, env_or_config: Any, base: str, residual: float = 0.25, shield: bool = True,
+                 copies: int = 1):
+        from mmgrid_env.policies import make_policy
+
+        if base not in ("rule_based", "rule_based_day_ahead"):
+            raise ValueError(f"base policy must be 'rule_based' or 'rule_based_day_ahead' (a policy with "
+                             f"set-points), got {base!r}")
+        if not 0.0 < float(residual) <= 2.0:
+            raise ValueError(f"base_residual must be in (0, 2] (a fraction of half the range), got {residual!r}")
+        if int(copies) < 1:
+            raise ValueError(f"copies must be >= 1, got {copies!r}")
+        self.base, self.residual, self.shield = base, float(residual), bool(shield)
+        self.bases = [make_policy(base, env_or_config) for _ in range(int(copies))]
+        self.fleet = control.fleet_of(env_or_config)
+        self.dt_h = float(self.bases[0].config.dt_h)
+        self._half = 0.5 * self.residual * (self.fleet.action_high - self.fleet.action_low)
+
+    @property
+    def spec(self) -> dict:
+        return {"base": self.base, "residual": self.residual, "shield": self.shield}
+
+    def reset(self) -> None:
+        """Start of a day on every copy (the reference policies' hour counters restart)."""
+        for b in self.bases:
+            b.reset()
+
+    def setpoints(self, obs, actions) -> np.ndarray:
+        obs = np.asarray(obs, np.float64)
+        single = obs.ndim == 2
+        obs_c = obs[None] if single else obs
+        if obs_c.shape[0] != len(self.bases):
+            raise ValueError(f"observations for {obs_c.shape[0]} env copies, but the map holds {len(self.bases)}")
+        sp = np.stack([b.setpoints(o) for b, o in zip(self.bases, obs_c)])
+        sp = sp + np.clip(np.asarray(actions, np.float64).reshape(sp.shape), -1.0, 1.0) * self._half
+        if self.shield:
+            soc = np.clip(obs_c[..., control.observation_columns(self.bases[0].config)["soc"]], 0.0, 1.0)
+            max_cha, max_dis = control.ess_operational_limits_kw(self.fleet, soc, self.dt_h)
+            sp[..., 1] = np.clip(sp[..., 1], -max_cha, max_dis)
+        return sp[0] if single else sp
+
+    def __call__(self, obs, actions) -> np.ndarray:
+        return control.setpoints_to_actions(self.fleet, self.setpoints(obs, actions))
+
+    def __repr__(self) -> str:
+        return f"ResidualOnPolicy(base={self.base!r}, residual={self.residual}, shield={self.shield})"
+
+
+def neighbour_net_load(config: Any, obs: np.ndarray) -> np.ndarray:
+    """(…, N, 1): for each microgrid, the other microgrids' total net load P_load − P_PV − P_WT (kW) of the hour
+    over their total load peak, from the stacked observations (…, N, obs_dim)."""
+    fleet = control.fleet_of(config)
+    seen = control.observe(config, obs, fleet)
+    net = seen.load_kw - seen.pv_kw - seen.wt_kw
+    peaks = fleet.load_peak_kw
+    others = (net.sum(-1, keepdims=True) - net) / (peaks.sum() - peaks)
+    return others[..., None].astype(np.float32)
+
+
+def actor_inputs(args: Args, config: Any, obs: np.ndarray) -> np.ndarray:
+    """The actor's input (…, N, obs_dim [+ 1]): each agent's observation [⊕ :func:`neighbour_net_load`]."""
+    obs = np.asarray(obs, np.float32)
+    if not args.actor_neighbours:
+        return obs
+    return np.concatenate([obs, neighbour_net_load(config, obs)], axis=-1)
+
+
+def make_action_map(args: Args, env, copies: int = 1) -> ActionChain | ResidualOnPolicy:
+    """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``: the chain ``args.action_stages``, or
+    with ``args.base_policy`` a :class:`ResidualOnPolicy` holding ``copies`` reference policies."""
+    if args.base_policy:
+        extra = [s for s in args.action_stages if s != "soc_shield"]
+        if extra:
+            raise ValueError(f"with base_policy={args.base_policy!r} the only action stage allowed is 'soc_shield' "
+                             f"(the reference policy sets the MT and the trade), got {extra}")
+        return ResidualOnPolicy(env, args.base_policy, args.base_residual, "soc_shield" in args.action_stages,
+                                copies)
     return ActionChain(env, args.action_stages, args.balance_residual)
 
 
@@ -443,6 +548,7 @@ def greedy_day_cost(env, policy: "MAPPOPolicy", days: list[int]) -> tuple[float,
     costs, objs, viol, n = [], [], 0, 0
     for d in days:
         obs, _ = env.reset(options={"day": int(d)})
+        policy.reset()
         cost = obj = 0.0
         while env.agents:
             obs, rew, _, _, infos = env.step(policy(obs))
@@ -481,7 +587,8 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     env0 = envs[0]
     agents = list(env0.possible_agents)
     n_agents = len(agents)
-    obs_dim = int(env0.observation_space(agents[0]).shape[0])
+    raw_obs_dim = int(env0.observation_space(agents[0]).shape[0])
+    obs_dim = raw_obs_dim + int(args.actor_neighbours)  # the actor's input
     act_dim = int(env0.action_space(agents[0]).shape[0])
     state_dim = int(env0.state_space.shape[0])  # the critic's input: state() [⊕ the day's profiles]
     profiles = day_profiles(env0) if args.critic_day_profile else None
@@ -490,8 +597,12 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     env_info = {"env_preset": args.env_preset, "reward_mode": args.reward_mode, "env_overrides": env_overrides,
                 "agents": agents, "obs_dim": obs_dim, "state_dim": state_dim, "act_dim": act_dim}
 
-    action_map = make_action_map(args, env0)
+    action_map = make_action_map(args, env0, copies=args.num_envs)
     agent = MAPPOAgent(obs_dim, state_dim, n_agents, act_dim, args).to(device)
+
+    def eval_map():  # a fresh map per greedy evaluation: a reference policy's state never mixes with the rollout's
+        return make_action_map(args, env0) if args.base_policy else action_map
+
     actor_opt = torch.optim.Adam(agent.actor.parameters(), lr=args.actor_lr, eps=1e-5)
     critic_opt = torch.optim.Adam(agent.critic.parameters(), lr=args.critic_lr, eps=1e-5)
 
@@ -523,7 +634,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     ep_ret = np.zeros(E)
     ep_cost = np.zeros(E)
     ep_viol = np.zeros(E)
-    cur_obs = np.zeros((E, N, obs_dim), np.float32)
+    cur_obs = np.zeros((E, N, raw_obs_dim), np.float32)
     first_reset = True
     try:
         for update in range(1, args.num_updates + 1):
@@ -541,14 +652,17 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                         obs, _ = env.reset(seed=seed, options=opts)
                         cur_obs[e] = np.stack([obs[a] for a in agents])
                     first_reset = False
+                    if hasattr(action_map, "reset"):
+                        action_map.reset()
                     ep_ret[:], ep_cost[:], ep_viol[:] = 0.0, 0.0, 0.0
-                obs_np = cur_obs.copy()  # (E, N, obs_dim): each agent's own observation
+                obs_np = cur_obs.copy()  # (E, N, raw_obs_dim): each agent's own observation
+                actor_np = actor_inputs(args, env0.config, obs_np)  # (E, N, obs_dim)
                 state_np = np.stack([env.state() for env in envs])  # (E, state_dim)
                 if profiles is not None:
                     state_np = np.concatenate([state_np, profiles[[env.day for env in envs]]], axis=1)
                 hour_np = np.full(E, t % HOURS, np.int64)
                 with torch.no_grad():
-                    obs_t = torch.as_tensor(obs_np, device=device).reshape(E * N, obs_dim)
+                    obs_t = torch.as_tensor(actor_np, device=device).reshape(E * N, obs_dim)
                     state_t = torch.as_tensor(state_np, device=device).repeat_interleave(N, dim=0)
                     hour_t = torch.as_tensor(hour_np, device=device).repeat_interleave(N)
                     dist = agent.actor.dist(obs_t, agent_ids)
@@ -557,7 +671,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                     v_norm = agent.critic(state_t, agent_ids, hour_t)
                 act_np = action.cpu().numpy().reshape(E, N, act_dim)
                 env_act = action_map(obs_np, act_np)
-                b_obs[t], b_state[t], b_hour[t] = obs_np, state_np, hour_np
+                b_obs[t], b_state[t], b_hour[t] = actor_np, state_np, hour_np
                 b_act[t], b_logp[t] = act_np, logp.cpu().numpy().reshape(E, N)
                 b_vnorm[t] = v_norm.cpu().numpy().reshape(E, N)
                 for e, env in enumerate(envs):
@@ -647,7 +761,9 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                 train_days = eval_env.dataset.train_days
                 pick = np.linspace(0, len(train_days) - 1, args.greedy_eval_days).round().astype(int)
                 g_cost, g_obj, g_viol = greedy_day_cost(eval_env, MAPPOPolicy(agent, agents, device=device,
-                                                                          action_map=action_map),
+                                                                          action_map=eval_map(),
+                                                                          actor_neighbours=args.actor_neighbours,
+                                                                          config=env0.config),
                                                         [int(train_days[i]) for i in pick])
                 agent.train()
                 greedy = {"greedy_cost_eur": g_cost, "greedy_objective_eur": g_obj,
@@ -696,12 +812,16 @@ class MAPPOPolicy:
 
     def __init__(self, agent: MAPPOAgent, agents: list[str], deterministic: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", action_stages: Sequence[str] = (),
-                 balance_residual: float = 0.25, action_map: Callable | None = None):
+                 balance_residual: float = 0.25, action_map: Callable | None = None, base_policy: str = "",
+                 base_residual: float = 0.25, actor_neighbours: bool = False, config: Any = None):
         self.agent = agent.to(device).eval()
+        self.actor_neighbours, self.config = bool(actor_neighbours), config
         # the chain reads the env's ratings: built in bind_env (the harness calls it); a callable is used as it is
         self.action_map = action_map
         self.chain_spec = {"stages": list(action_stages), "residual": float(balance_residual)}
-        self._needs_env = action_map is None and bool(action_stages)
+        self.base_spec = {"base_policy": base_policy, "base_residual": float(base_residual)}
+        self._needs_map = action_map is None and (bool(action_stages) or bool(base_policy))
+        self._needs_env = self._needs_map or (self.actor_neighbours and config is None)
         self.agents = list(agents)
         self.index = {a: i for i, a in enumerate(self.agents)}
         self.deterministic = deterministic
@@ -709,24 +829,38 @@ class MAPPOPolicy:
         self._gen = torch.Generator(device=self.device).manual_seed(seed)
 
     def reset(self) -> None:
-        """Nothing to reset: the policy is memoryless (called by the harness before each day)."""
+        """Start of a day (the harness calls it): the actor is memoryless; a reference policy under a
+        :class:`ResidualOnPolicy` map restarts its hour counter."""
+        if hasattr(self.action_map, "reset"):
+            self.action_map.reset()
 
     @classmethod
     def from_args(cls, agent: MAPPOAgent, agents: list[str], args: Args, **kwargs: Any) -> "MAPPOPolicy":
         """The policy with the action map ``args`` trained with (``kwargs``: deterministic, seed, device)."""
         return cls(agent, agents, action_stages=args.action_stages, balance_residual=args.balance_residual,
-                   **kwargs)
+                   base_policy=args.base_policy, base_residual=args.base_residual,
+                   actor_neighbours=args.actor_neighbours, **kwargs)
 
     def bind_env(self, env) -> None:
-        """Build the action chain from the env's ratings (the harness calls this)."""
+        """Build the action map from the env's ratings (the harness calls this)."""
         if self._needs_env:
-            self.action_map = ActionChain(env, **self.chain_spec)
+            self.config = getattr(getattr(env, "unwrapped", env), "config", None)
+            if self._needs_map:
+                args = Args(action_stages=tuple(self.chain_spec["stages"]),
+                            balance_residual=self.chain_spec["residual"], **self.base_spec)
+                self.action_map = make_action_map(args, env)
 
     @torch.no_grad()
     def __call__(self, observations: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         names = [a for a in observations]
-        obs = torch.as_tensor(np.stack([np.asarray(observations[a], np.float32) for a in names]),
-                              device=self.device)
+        raw = np.stack([np.asarray(observations[a], np.float32) for a in names])
+        if self.actor_neighbours:
+            if self.config is None:
+                raise RuntimeError("MAPPOPolicy with actor_neighbours needs the env's config: call bind_env(env)")
+            if [self.index[a] for a in names] != list(range(len(self.agents))):
+                raise ValueError("actor_neighbours needs every agent's observation, in agent order")
+            raw = np.concatenate([raw, neighbour_net_load(self.config, raw)], axis=-1)
+        obs = torch.as_tensor(raw, device=self.device)
         ids = torch.as_tensor([self.index[a] for a in names], device=self.device)
         actor = self.agent.actor
         if self.deterministic:
@@ -736,9 +870,9 @@ class MAPPOPolicy:
             act = (dist.mean + dist.stddev * torch.randn(dist.mean.shape, generator=self._gen,
                                                          device=self.device)).clamp(-1.0, 1.0)
         out = act.cpu().numpy().astype(np.float32)
-        if self._needs_env and self.action_map is None:
-            raise RuntimeError(f"MAPPOPolicy with action stages {self.chain_spec['stages']} needs the env's ratings: "
-                               f"call bind_env(env)")
+        if self._needs_map and self.action_map is None:
+            raise RuntimeError(f"MAPPOPolicy with action stages {self.chain_spec['stages']} (base policy "
+                               f"{self.base_spec['base_policy']!r}) needs the env's ratings: call bind_env(env)")
         if self.action_map is not None:
             if [self.index[a] for a in names] != list(range(len(self.agents))):
                 raise ValueError("the action map needs every agent's observation, in agent order")

@@ -378,3 +378,153 @@ def test_soc_shield_keeps_soc_inside_operational_limits():
         worst[shielded] = w
     assert worst[False] > 0.05
     assert worst[True] <= 1e-6
+
+
+# ------------------------------------------------------------------------------------ residual on a reference policy
+def _zero_actor(env, args):
+    agent = MAPPOAgent(env.observation_space("mg_0").shape[0], env.state_space.shape[0], len(env.possible_agents),
+                       4, dataclasses.replace(args, critic_day_profile=False))
+    with torch.no_grad():  # the actor's mean is exactly 0: no correction
+        agent.actor.mean[-1].weight.zero_()
+        agent.actor.mean[-1].bias.zero_()
+    return agent
+
+
+def test_residual_with_zero_correction_plays_the_reference_policy():
+    """``base_policy``: an actor whose mean is 0 plays the day-ahead rules (on the feeder, over two whole days in a
+    row, so the reference policy's price window and hour counter carry over as the rules' own do); the shield's
+    1e-6 SoC margin is the only difference."""
+    from mmgrid_env import evaluate
+    from mmgrid_env.policies import rule_based_day_ahead
+
+    env = parallel_env("feeder")
+    args = Args(env_preset="feeder", base_policy="rule_based_day_ahead", action_stages=("soc_shield",))
+    policy = MAPPOPolicy.from_args(_zero_actor(env, args), env.possible_agents, args)
+    days = [int(d) for d in env.dataset.split_days("validation")[:2]]
+    learner = evaluate(policy, days=days, config="feeder", progress=False)
+    rules = evaluate(rule_based_day_ahead(env), days=days, config="feeder", progress=False)
+    np.testing.assert_allclose(learner.column("objective_eur"), rules.column("objective_eur"), atol=1e-2)
+    assert abs(learner.summary()["objective_eur"] - rules.summary()["objective_eur"]) < 1e-2
+
+
+def test_residual_correction_moves_each_setpoint_by_a_share_of_its_range():
+    """P = P_base + a·ρ·(P_max − P_min)/2 for MT, trade and Q (hand-computed from the fleet's ranges and the rules'
+    own set-points); the shield clips the battery to the operational SoC limits."""
+    from mmgrid_baselines.mappo import ResidualOnPolicy
+    from mmgrid_env import control
+    from mmgrid_env.policies import rule_based_day_ahead
+
+    env = parallel_env("feeder")
+    f = env.fleet
+    obs, _ = env.reset(options={"day": int(env.dataset.split_days("validation")[0])})
+    o = np.stack([obs[a] for a in env.possible_agents])
+    a = np.tile(np.array([0.5, 0.0, -1.0, 0.2], np.float32), (4, 1))
+    rho = 0.4
+    m = ResidualOnPolicy(env, "rule_based_day_ahead", rho, shield=False)
+    base = rule_based_day_ahead(env).setpoints(o)
+    sp = m.setpoints(o, a)
+    half = 0.5 * (f.action_high - f.action_low)
+    np.testing.assert_allclose(sp, base + a.astype(np.float64) * rho * half, rtol=1e-12)
+    act = m(o, a)  # clipped into the ranges
+    np.testing.assert_allclose(act, control.setpoints_to_actions(f, sp))
+    # the shield: a full correction towards discharge at a SoC just above soc_min is cut to the SoC room
+    o2 = o.copy()
+    o2[:, control.observation_columns(env)["soc"]] = f.soc_min + 0.01
+    shielded = ResidualOnPolicy(env, "rule_based_day_ahead", 2.0, shield=True)
+    sp2 = shielded.setpoints(o2, np.tile(np.array([0, 1.0, 0, 0], np.float32), (4, 1)))
+    _, max_dis = control.ess_operational_limits_kw(f, f.soc_min + 0.01)
+    np.testing.assert_allclose(sp2[:, 1], max_dis, rtol=1e-6)
+    assert np.all(max_dis < f.ess_discharge_max_kw)
+
+
+def test_residual_map_rejects_bad_settings():
+    from mmgrid_baselines.mappo import ResidualOnPolicy, make_action_map
+
+    env = parallel_env("feeder")
+    with pytest.raises(ValueError, match="only action stage allowed is 'soc_shield'"):
+        make_action_map(Args(env_preset="feeder", base_policy="rule_based"), env)  # default stages include balance
+    with pytest.raises(ValueError, match="base policy must be"):
+        ResidualOnPolicy(env, "zero")
+    with pytest.raises(ValueError, match="base_residual"):
+        ResidualOnPolicy(env, "rule_based", residual=0.0)
+    m = ResidualOnPolicy(env, "rule_based", copies=2)
+    obs, _ = env.reset(options={"day": 4})
+    o = np.stack([obs[a] for a in env.possible_agents])
+    with pytest.raises(ValueError, match="3 env copies"):
+        m(np.stack([o, o, o]), np.zeros((3, 4, 4), np.float32))
+
+
+def test_residual_training_round_trips_through_a_checkpoint(tmp_path):
+    """A short run with ``base_policy`` trains, saves and reloads into a policy that acts as the trained one (the
+    reference policy rebuilt from the checkpoint's Args); the rollout's reference policies restart every day."""
+    args = Args(env_preset="feeder", base_policy="rule_based_day_ahead", action_stages=("soc_shield",),
+                base_residual=0.3, num_envs=2, buffer_size=48, total_episodes=4, minibatch_size=24, update_epochs=1,
+                greedy_eval_every=1, greedy_eval_days=1, train_day=4)
+    res = train(args, progress=False)
+    assert len(res.updates) == 2 and np.isfinite(res.updates[-1]["greedy_cost_eur"])
+    path = tmp_path / "res.pt"
+    save_checkpoint(path, res.agent, args, res.env_info)
+    policy, loaded, _ = policy_from_checkpoint(path)
+    assert (loaded.base_policy, loaded.base_residual) == ("rule_based_day_ahead", 0.3)
+    from mmgrid_env import evaluate
+
+    trained = MAPPOPolicy.from_args(res.agent, res.env_info["agents"], args)
+    r1 = evaluate(trained, days=[4, 9], config="feeder", progress=False)
+    r2 = evaluate(policy, days=[4, 9], config="feeder", progress=False)
+    np.testing.assert_array_equal(r1.column("objective_eur"), r2.column("objective_eur"))
+    # the greedy evaluation (the rules' hour counter reset each day) matches a fresh policy on the same day
+    day0 = int(parallel_env("feeder").dataset.train_days[0])  # greedy_eval_days=1 plays the first train day
+    fresh = evaluate(MAPPOPolicy.from_args(res.agent, res.env_info["agents"], args), days=[day0], config="feeder",
+                     progress=False)
+    assert res.updates[-1]["greedy_objective_eur"] == pytest.approx(fresh.summary()["objective_eur"], rel=1e-9)
+
+
+# ------------------------------------------------------------------------------------ actors that see the neighbours
+def test_neighbour_net_load_is_the_others_net_load_over_their_peaks():
+    """Hand-computed: each microgrid's extra input is Σ_{j≠i} (load − PV − WT)_j / Σ_{j≠i} load peak_j, in kW read
+    back from the observation's scaled columns."""
+    from mmgrid_baselines.mappo import neighbour_net_load
+    from mmgrid_env import control
+
+    env = parallel_env("feeder")
+    f = env.fleet
+    obs, _ = env.reset(options={"day": 4})
+    for _ in range(12):  # noon: PV, wind and load all non-zero somewhere
+        obs, *_ = env.step({a: np.zeros(4, np.float32) for a in env.possible_agents})
+    o = np.stack([obs[a] for a in env.possible_agents])
+    col = control.observation_columns(env)
+    net = o[:, col["load"]] * f.load_peak_kw - o[:, col["pv"]] * f.pv_kwp - o[:, col["wt"]] * f.wt_kw
+    got = neighbour_net_load(env.config, o)
+    assert got.shape == (4, 1)
+    for i in range(4):
+        others = [j for j in range(4) if j != i]
+        want = net[others].sum() / f.load_peak_kw[others].sum()
+        assert got[i, 0] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    # batched over env copies: the same per copy
+    np.testing.assert_allclose(neighbour_net_load(env.config, np.stack([o, o])), np.stack([got, got]))
+
+
+def test_actor_neighbours_trains_and_round_trips_through_a_checkpoint(tmp_path):
+    """The actor's input grows by one column; the policy needs the env (bind_env) and every agent's observation;
+    a saved checkpoint acts as the trained policy."""
+    from mmgrid_env import evaluate
+
+    args = Args(env_preset="feeder", actor_neighbours=True, num_envs=2, buffer_size=48, total_episodes=4,
+                minibatch_size=24, update_epochs=1, greedy_eval_every=0, train_day=4)
+    res = train(args, progress=False)
+    env = parallel_env("feeder")
+    assert res.env_info["obs_dim"] == env.observation_space("mg_0").shape[0] + 1
+    path = tmp_path / "nb.pt"
+    save_checkpoint(path, res.agent, args, res.env_info)
+    policy, loaded, _ = policy_from_checkpoint(path)
+    assert loaded.actor_neighbours
+    obs, _ = env.reset(options={"day": 4})
+    with pytest.raises(RuntimeError, match="bind_env"):
+        policy(obs)
+    policy.bind_env(env)
+    with pytest.raises(ValueError, match="every agent"):
+        policy({"mg_1": obs["mg_1"]})
+    trained = MAPPOPolicy.from_args(res.agent, res.env_info["agents"], args)
+    r1 = evaluate(trained, days=[4], config="feeder", progress=False)
+    r2 = evaluate(policy_from_checkpoint(path)[0], days=[4], config="feeder", progress=False)
+    np.testing.assert_array_equal(r1.column("objective_eur"), r2.column("objective_eur"))
