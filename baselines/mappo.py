@@ -489,10 +489,11 @@ class ResidualOnPolicy:
         return f"ResidualOnPolicy(base={self.base!r}, residual={self.residual}, shield={self.shield})"
 
 
-def neighbour_net_load(config: Any, obs: np.ndarray) -> np.ndarray:
+def neighbour_net_load(config: Any, obs: np.ndarray, fleet: Any = None) -> np.ndarray:
     """(…, N, 1): for each microgrid, the other microgrids' total net load P_load − P_PV − P_WT (kW) of the hour
-    over their total load peak, from the stacked observations (…, N, obs_dim)."""
-    fleet = control.fleet_of(config)
+    over their total load peak, from the stacked observations (…, N, obs_dim). ``fleet``: the config's ratings, if
+    the caller holds them (built from ``config`` otherwise)."""
+    fleet = control.fleet_of(config) if fleet is None else fleet
     seen = control.observe(config, obs, fleet)
     net = seen.load_kw - seen.pv_kw - seen.wt_kw
     peaks = fleet.load_peak_kw
@@ -500,12 +501,12 @@ def neighbour_net_load(config: Any, obs: np.ndarray) -> np.ndarray:
     return others[..., None].astype(np.float32)
 
 
-def actor_inputs(args: Args, config: Any, obs: np.ndarray) -> np.ndarray:
+def actor_inputs(args: Args, config: Any, obs: np.ndarray, fleet: Any = None) -> np.ndarray:
     """The actor's input (…, N, obs_dim [+ 1]): each agent's observation [⊕ :func:`neighbour_net_load`]."""
     obs = np.asarray(obs, np.float32)
     if not args.actor_neighbours:
         return obs
-    return np.concatenate([obs, neighbour_net_load(config, obs)], axis=-1)
+    return np.concatenate([obs, neighbour_net_load(config, obs, fleet)], axis=-1)
 
 
 def make_action_map(args: Args, env, copies: int = 1) -> ActionChain | ResidualOnPolicy:
@@ -598,6 +599,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                 "agents": agents, "obs_dim": obs_dim, "state_dim": state_dim, "act_dim": act_dim}
 
     action_map = make_action_map(args, env0, copies=args.num_envs)
+    fleet = control.fleet_of(env0)  # the ratings, read once (the neighbours' net load needs them every step)
     agent = MAPPOAgent(obs_dim, state_dim, n_agents, act_dim, args).to(device)
 
     def eval_map():  # a fresh map per greedy evaluation: a reference policy's state never mixes with the rollout's
@@ -656,7 +658,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                         action_map.reset()
                     ep_ret[:], ep_cost[:], ep_viol[:] = 0.0, 0.0, 0.0
                 obs_np = cur_obs.copy()  # (E, N, raw_obs_dim): each agent's own observation
-                actor_np = actor_inputs(args, env0.config, obs_np)  # (E, N, obs_dim)
+                actor_np = actor_inputs(args, env0.config, obs_np, fleet)  # (E, N, obs_dim)
                 state_np = np.stack([env.state() for env in envs])  # (E, state_dim)
                 if profiles is not None:
                     state_np = np.concatenate([state_np, profiles[[env.day for env in envs]]], axis=1)
@@ -815,7 +817,7 @@ class MAPPOPolicy:
                  balance_residual: float = 0.25, action_map: Callable | None = None, base_policy: str = "",
                  base_residual: float = 0.25, actor_neighbours: bool = False, config: Any = None):
         self.agent = agent.to(device).eval()
-        self.actor_neighbours, self.config = bool(actor_neighbours), config
+        self.actor_neighbours, self.config, self._fleet = bool(actor_neighbours), config, None
         # the chain reads the env's ratings: built in bind_env (the harness calls it); a callable is used as it is
         self.action_map = action_map
         self.chain_spec = {"stages": list(action_stages), "residual": float(balance_residual)}
@@ -845,6 +847,7 @@ class MAPPOPolicy:
         """Build the action map from the env's ratings (the harness calls this)."""
         if self._needs_env:
             self.config = getattr(getattr(env, "unwrapped", env), "config", None)
+            self._fleet = None
             if self._needs_map:
                 args = Args(action_stages=tuple(self.chain_spec["stages"]),
                             balance_residual=self.chain_spec["residual"], **self.base_spec)
@@ -859,7 +862,9 @@ class MAPPOPolicy:
                 raise RuntimeError("MAPPOPolicy with actor_neighbours needs the env's config: call bind_env(env)")
             if [self.index[a] for a in names] != list(range(len(self.agents))):
                 raise ValueError("actor_neighbours needs every agent's observation, in agent order")
-            raw = np.concatenate([raw, neighbour_net_load(self.config, raw)], axis=-1)
+            if self._fleet is None:  # the ratings, read once
+                self._fleet = control.fleet_of(self.config)
+            raw = np.concatenate([raw, neighbour_net_load(self.config, raw, self._fleet)], axis=-1)
         obs = torch.as_tensor(raw, device=self.device)
         ids = torch.as_tensor([self.index[a] for a in names], device=self.device)
         actor = self.agent.actor
