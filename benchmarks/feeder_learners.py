@@ -23,8 +23,7 @@ import json
 
 import numpy as np
 
-from mmgrid_baselines import ap_dqn
-from mmgrid_baselines.mappo import CheckpointError, policy_from_checkpoint
+import mmgrid_baselines
 from mmgrid_env import control, evaluate
 from mmgrid_env.config import make_config
 from mmgrid_env.protocol import aggregate, run_record, write_run_record
@@ -61,12 +60,8 @@ class TradedAlone:
 
 def load_policy(path: str):
     """``(policy, hyper-parameters dict, seed)`` of a MAPPO or AP-DQN checkpoint (a fresh policy each call)."""
-    try:
-        policy, hp, _ = policy_from_checkpoint(path)
-    except CheckpointError:
-        qnet, hp = ap_dqn.load_checkpoint(path)
-        policy = ap_dqn.APDQNPolicy(qnet, hp)
-    return policy, {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(hp).items()}, hp.seed
+    loaded = mmgrid_baselines.load_policy(path)
+    return loaded.policy, loaded.hyperparameters, loaded.seed
 
 
 def main() -> None:

@@ -192,3 +192,26 @@ def test_checkpoint_error_is_a_value_error_and_policy_from_checkpoint_raises_it(
     path.write_bytes(b"")
     with pytest.raises(CheckpointError, match="empty.pt: not a valid checkpoint"):
         mappo.policy_from_checkpoint(path)
+
+
+# ---------------------------------------------------------------------------------------------------- load_policy
+def test_load_policy_reads_either_learner_with_its_preset(kind, saved, env):
+    """``mmgrid_baselines.load_policy`` tells the formats apart and returns a policy that acts as the saved network,
+    with the preset it was trained on; a damaged file names itself and both formats."""
+    from mmgrid_baselines import load_policy
+
+    loaded = load_policy(saved)
+    assert (loaded.learner, loaded.env_preset, loaded.env_overrides) == (kind.name, "paper_extras", {})
+    assert loaded.seed == (mappo.Args().seed if kind.name == "mappo" else ap_dqn.Args().seed)
+    assert loaded.hyperparameters["hidden"] == 16
+    obs, _ = env.reset(seed=0, options={"split": "test"})
+    act = loaded.policy(obs)
+    assert set(act) == set(env.possible_agents)
+    if kind.name == "mappo":  # the same actions as the saved network gives
+        np.testing.assert_array_equal(np.stack([act[k] for k in env.possible_agents]), kind.reference)
+    else:  # a discrete choice per agent, mapped to set-points inside the action box
+        assert all(env.action_space(k).contains(np.asarray(act[k], np.float32)) for k in env.possible_agents)
+    saved.write_bytes(b"")
+    with pytest.raises(CheckpointError, match="neither a MAPPO nor an AP-DQN checkpoint") as exc:
+        load_policy(saved)
+    assert str(exc.value).startswith(f"{saved}: ") and str(exc.value).count(str(saved)) == 1
