@@ -74,7 +74,7 @@ HOURS = 24  # steps per episode (one day); the env ends every episode by truncat
 # ====================================================================================================== arguments
 @dataclass
 class Args:
-    """Every knob of a run. ``Args.from_preset("paper" | "default", **overrides)`` builds a named set."""
+    """Every knob of a run. ``Args.from_preset("default" | "feeder" | "paper", **overrides)`` builds a named set."""
 
     # --- experiment
     seed: int = 1
@@ -226,6 +226,9 @@ class Args:
 HYPERPARAMETER_SETS: dict[str, dict[str, Any]] = {
     # The defaults of Args: what worked best on the bundled data (docs/results.md).
     "default": {},
+    # The feeder preset's choice, made on its validation days (docs/results.md, "Reference learners on the feeder
+    # preset"): the default plus each actor seeing the other microgrids' net load (``actor_neighbours``).
+    "feeder": dict(env_preset="feeder", actor_neighbours=True),
     # Table I of the BMAPPO paper; the rest are MAPPO's published defaults for continuous control.
     "paper": dict(gamma=0.95, hidden=128, actor_lr=3e-4, critic_lr=1e-4, clip_coef=0.2, buffer_size=10000,
                   minibatch_size=96, total_episodes=20000,

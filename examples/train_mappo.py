@@ -57,8 +57,11 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=_Formatter)
-    p.add_argument("--hp", default="default", choices=sorted(HYPERPARAMETER_SETS),
-                   help="hyper-parameter set: 'default' (tuned here) or 'paper' (Table I)")
+    p.add_argument("--hp", default=None, choices=sorted(HYPERPARAMETER_SETS),
+                   help="hyper-parameter set: 'default' (chosen on the paper presets), 'feeder' (chosen on the feeder "
+                        "preset's validation days: the default plus the neighbours' net load in each actor's "
+                        "observation; the set of --env-preset feeder unless --hp says otherwise) or 'paper' "
+                        "(Table I)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, evaluation on {QUICK_EVAL_DAYS} "
                                                          "test days")
     p.add_argument("--out", default=None, help="output folder (default runs/mappo/<env>_<hp>_seed<seed>)")
@@ -112,6 +115,8 @@ def _field_docs() -> dict[str, str]:
 
 
 def args_from_cli(ns: argparse.Namespace) -> Args:
+    if ns.hp is None:  # each preset's chosen set; an explicit --hp wins
+        ns.hp = "feeder" if ns.env_preset == "feeder" else "default"
     overrides = {f.name: getattr(ns, f.name) for f in dataclasses.fields(Args) if getattr(ns, f.name) is not None}
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if ns.quick:

@@ -212,6 +212,28 @@ def test_train_script_quick_end_to_end(tmp_path):
     assert "mappo" in proc2.stdout
 
 
+def test_train_script_takes_each_presets_chosen_set():
+    """``--env-preset feeder`` alone trains the feeder's chosen set (neighbours' net load on); an explicit ``--hp``
+    or Args flag wins; the paper presets keep the default set."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_mappo_cli", ROOT / "examples" / "train_mappo.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+
+    def chosen(*argv):
+        ns = cli.build_parser().parse_args(list(argv))
+        a = cli.args_from_cli(ns)
+        return ns.hp, a.env_preset, a.actor_neighbours
+
+    assert chosen() == ("default", "paper_day_ahead", False)
+    assert chosen("--env-preset", "feeder") == ("feeder", "feeder", True)
+    assert chosen("--env-preset", "feeder", "--hp", "default") == ("default", "feeder", False)
+    assert chosen("--env-preset", "feeder", "--no-actor-neighbours") == ("feeder", "feeder", False)
+    assert chosen("--env-preset", "paper_extras") == ("default", "paper_extras", False)
+    assert chosen("--hp", "paper")[:2] == ("paper", "paper")
+
+
 def test_same_seed_same_run():
     args = Args(seed=7, env_preset="paper", total_episodes=16, num_envs=2, buffer_size=48, greedy_eval_every=1,
                 greedy_eval_days=1)
