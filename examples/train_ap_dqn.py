@@ -52,6 +52,19 @@ def plot_curve(log: list[dict], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def _mt_levels(text: str) -> int | str:
+    """``--mt-levels``: ``merit_order`` or a whole number of levels (at least 2)."""
+    if text == "merit_order":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"expected 'merit_order' or a whole number of levels >= 2, got {text!r}")
+    return n
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--variants", nargs="+", default=["ap_dqn"], choices=sorted(VARIANTS))
@@ -62,7 +75,10 @@ def main(argv=None) -> int:
     p.add_argument("--oracle", action="store_true", help="also solve the oracle per test day (optimality gap)")
     p.add_argument("--no-rule-based", action="store_true", help="skip the rule-based comparison")
     p.add_argument("--quick", action="store_true", help="smoke run: 10 episodes, 3 test days")
-    p.add_argument("--env-preset", default=None, help="env preset (default: Args.config, 'paper_extras')")
+    p.add_argument("--env-preset", default=None, help="env preset (default: Args.config, 'paper_day_ahead')")
+    p.add_argument("--mt-levels", type=_mt_levels, default=None,
+                   help="MT levels: 'merit_order' (default: the MT at its price-optimal set-point, a hand-written "
+                        "prior) or a number of evenly spaced levels the agent chooses from")
     p.add_argument("--soc-shield", action=argparse.BooleanOptionalAction, default=None,
                    help="clip ESS choices to the operational SoC limits (default: Args.soc_shield)")
     p.add_argument("--reward-baseline", choices=["none", "net_load"], default=None,
@@ -88,6 +104,8 @@ def main(argv=None) -> int:
         base["soc_shield"] = a.soc_shield
     if a.reward_baseline is not None:
         base["reward_baseline"] = a.reward_baseline
+    if a.mt_levels is not None:
+        base["mt_levels"] = a.mt_levels
     n_eval = a.eval_days if a.eval_days is not None else (3 if a.quick else None)
     test_days = [int(d) for d in parallel_env().dataset.split_days("test")]
     days = test_days[:n_eval] if n_eval else test_days
