@@ -68,7 +68,9 @@ class Args:
     seed: int = 0
     total_steps: int = 60_000
     """env steps (one step = one hour for all agents); training also stops at ``time_budget_s``"""
-    time_budget_s: float = 1800.0
+    time_budget_s: float | None = None
+    """a wall-clock cap in seconds, or ``None`` (default): no cap, so that a run's length, and so its result, does
+    not depend on how loaded the machine is (same seed, same numbers)"""
     learning_rate: float = 5e-4
     gamma: float = 0.95
     batch_size: int = 128
@@ -384,8 +386,9 @@ def train(args: Args, log_path: str | os.PathLike | None = None, progress: bool 
     losses, qs = [], []
     obs, _ = env.reset(seed=args.seed, options={"split": "train"})
     t_hour, ep_cost, ep_ret, ep_viol = 0, 0.0, 0.0, 0.0
+    budget_s = math.inf if args.time_budget_s is None else args.time_budget_s
     try:
-        while step < args.total_steps and time.perf_counter() - t0 < args.time_budget_s:
+        while step < args.total_steps and time.perf_counter() - t0 < budget_s:
             x = features(np.stack([obs[a] for a in agents]), t_hour, args.time_feature)
             eps = _epsilon(args, step)
             with torch.no_grad():

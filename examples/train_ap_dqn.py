@@ -70,7 +70,9 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=["ap_dqn"], choices=sorted(VARIANTS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--total-steps", type=int, default=None, help="env steps per variant (default 60000)")
-    p.add_argument("--time-budget-s", type=float, default=None, help="wall-clock cap per variant (default 1800)")
+    p.add_argument("--time-budget-s", type=float, default=None,
+                   help="wall-clock cap per variant (default: none, so that the same seed gives the same run on a "
+                        "loaded machine)")
     p.add_argument("--eval-days", type=int, default=None, help="evaluate on the first N test days (default all)")
     p.add_argument("--oracle", action="store_true", help="also solve the oracle per test day (optimality gap)")
     p.add_argument("--no-rule-based", action="store_true", help="skip the rule-based comparison")

@@ -165,3 +165,15 @@ def test_same_seed_same_run():
     assert [row["cost_eur"] for row in r1.log] == [row["cost_eur"] for row in r2.log]
     r3 = train(Args(variant="ap_dqn", total_steps=240, learning_starts=48, batch_size=16, seed=4), progress=False)
     assert any(not torch.equal(r3.qnet.state_dict()[k], v) for k, v in r1.qnet.state_dict().items())
+
+
+def test_no_wall_clock_cap_by_default():
+    """By default a run's length is its step budget alone (not the machine's load); a cap, when set, stops it."""
+    from mmgrid_baselines.ap_dqn import train
+
+    assert Args().time_budget_s is None
+    full = train(Args(variant="dqn", total_steps=48, learning_starts=24, batch_size=8), progress=False)
+    assert full.env_steps == 48
+    capped = train(Args(variant="dqn", total_steps=48, learning_starts=24, batch_size=8, time_budget_s=1e-9),
+                   progress=False)
+    assert capped.env_steps < 48
