@@ -23,7 +23,7 @@ import json
 
 import numpy as np
 
-import mmgrid_baselines
+from mmgrid_baselines import load_policy
 from mmgrid_env import control, evaluate
 from mmgrid_env.config import make_config
 from mmgrid_env.protocol import aggregate, run_record, write_run_record
@@ -58,12 +58,6 @@ class TradedAlone:
         return control.to_actions(agents, f, sp)
 
 
-def load_policy(path: str):
-    """``(policy, hyper-parameters dict, seed)`` of a MAPPO or AP-DQN checkpoint (a fresh policy each call)."""
-    loaded = mmgrid_baselines.load_policy(path)
-    return loaded.policy, loaded.hyperparameters, loaded.seed
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoints", nargs="+")
@@ -87,13 +81,14 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     results, hps = [], None
     for path in args.checkpoints:
-        policy, hp, seed = load_policy(path)
+        loaded = load_policy(path)
+        policy, hp, seed = loaded.policy, loaded.hyperparameters, loaded.seed
         hps = hps or hp
         on = evaluate(policy, split=args.split, config=cfg, oracle=True, seed=seed, name=args.policy_name)
-        policy, _, _ = load_policy(path)  # a fresh copy: no state carried over
+        policy = load_policy(path).policy  # a fresh copy: no state carried over
         off_obj = evaluate(policy, split=args.split, config=off).column("objective_eur")
         saved = off_obj - on.column("objective_eur")
-        policy, _, _ = load_policy(path)
+        policy = load_policy(path).policy
         alone = evaluate(TradedAlone(policy, off), split=args.split, config=off).column("objective_eur")
         vs_alone = alone - on.column("objective_eur")
         m = on.summary()
