@@ -38,7 +38,8 @@ import numpy as np
 from .policies import RANDOM_DAY_SEED
 
 __all__ = ["normalised_score", "random_reference", "aggregate", "run_record", "write_run_record",
-           "read_run_record", "results_table", "subset", "aggregates_of", "report", "RANDOM_REFERENCE_SEED", "RECORD_FORMAT", "main"]
+           "read_run_record", "results_table", "subset", "aggregates_of", "report", "compare", "comparison_table",
+           "RANDOM_REFERENCE_SEED", "RECORD_FORMAT", "main"]
 
 RANDOM_REFERENCE_SEED = RANDOM_DAY_SEED
 """The random reference of day k is ``RandomPolicy(seed=0)`` bound to the env: ``default_rng(RANDOM_REFERENCE_SEED
@@ -136,6 +137,98 @@ def aggregate(scores: Any, reps: int = 2000, seed: int = 0) -> dict[str, float]:
     return {"n": int(s.size), "mean": float(mean), "median": float(median), "iqm": float(iqm),
             "mean_ci_low": float(lo[0]), "mean_ci_high": float(hi[0]), "iqm_ci_low": float(lo[1]),
             "iqm_ci_high": float(hi[1])}
+
+
+# ---------------------------------------------------------------------------------------------------- paired
+def _day_matrix(record: Mapping, col: str) -> tuple[list[int], np.ndarray]:
+    """The record's days and its (n_seeds, n_days) matrix of ``col`` (NaN where a row lacks it)."""
+    days = [int(d) for d in record["days"]]
+    pos = {d: j for j, d in enumerate(days)}
+    m = np.full((len(record["runs"]), len(days)), np.nan)
+    for i, run in enumerate(record["runs"]):
+        for row in run["rows"]:
+            v = row.get(col)
+            if v is not None and int(row["day"]) in pos:
+                m[i, pos[int(row["day"])]] = float(v)
+    return days, m
+
+
+def compare(record_a: Mapping, record_b: Mapping, reps: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Policy a against policy b on the days both records cover, paired by day. The records must come from the
+    same env version and agree on each common day's oracle and random objectives (the same problem).
+
+    Returns ``n_days``, ``n_seeds_a``/``n_seeds_b``, and with ``_ci_low``/``_ci_high`` (95 %, percentile of a
+    paired bootstrap: days resampled together for both, each policy's seeds resampled within each day):
+    ``score_diff`` (mean over days of the seed-mean normalised score of a minus b; > 0: a is better),
+    ``objective_diff_eur`` (the same for the € objective; < 0: a is cheaper) and ``prob_improvement`` (P(a > b):
+    per day the share of (seed of a, seed of b) pairs where a scores higher, ties counting ½, averaged over days,
+    as rliable's ``probability_of_improvement``). Days with a missing score in either record are left out.
+    Deterministic for a given ``seed``."""
+    if record_a.get("env_version") != record_b.get("env_version"):
+        raise ValueError(f"compare: {record_a.get('policy')!r} and {record_b.get('policy')!r} come from different "
+                         f"env versions ({record_a.get('env_version')} vs {record_b.get('env_version')})")
+    if reps < 1:
+        raise ValueError(f"compare: reps must be >= 1, got {reps}")
+    days_a, score_a = _day_matrix(record_a, "normalised_score")
+    days_b, score_b = _day_matrix(record_b, "normalised_score")
+    _, obj_a = _day_matrix(record_a, "objective_eur")
+    _, obj_b = _day_matrix(record_b, "objective_eur")
+    pos_b = {d: j for j, d in enumerate(days_b)}
+    ja = [j for j, d in enumerate(days_a) if d in pos_b]
+    jb = [pos_b[days_a[j]] for j in ja]
+    # the same problem on each day: the score's two references (oracle and random objectives) must agree, so a
+    # record of another config (or another oracle) is refused rather than silently paired
+    for col in ("oracle_objective_eur", "random_objective_eur"):
+        ra, rb = _day_matrix(record_a, col)[1][0, ja], _day_matrix(record_b, col)[1][0, jb]
+        bad = np.isfinite(ra) & np.isfinite(rb) & ~np.isclose(ra, rb, rtol=1e-6, atol=1e-6)
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise ValueError(f"compare: {record_a.get('policy')!r} and {record_b.get('policy')!r} disagree on day "
+                             f"{days_a[ja[k]]}'s {col} ({ra[k]:.6g} vs {rb[k]:.6g}): not the same env config")
+    sa, sb, oa, ob = score_a[:, ja], score_b[:, jb], obj_a[:, ja], obj_b[:, jb]
+    keep = np.all(np.isfinite(sa), 0) & np.all(np.isfinite(sb), 0) & np.all(np.isfinite(oa), 0) & np.all(
+        np.isfinite(ob), 0)
+    sa, sb, oa, ob = sa[:, keep], sb[:, keep], oa[:, keep], ob[:, keep]
+    n_days = sa.shape[1]
+    if n_days == 0:
+        raise ValueError(f"compare: {record_a.get('policy')!r} and {record_b.get('policy')!r} share no day with a "
+                         "score")
+
+    def stats(xa, xb, ya, yb):  # (..., seeds, days) → (...,) each
+        win = (xa[..., :, None, :] > xb[..., None, :, :]) + 0.5 * (xa[..., :, None, :] == xb[..., None, :, :])
+        return ((xa.mean(-2) - xb.mean(-2)).mean(-1), (ya.mean(-2) - yb.mean(-2)).mean(-1),
+                win.mean(axis=(-3, -2)).mean(-1))
+
+    point = stats(sa, sb, oa, ob)
+    rng = np.random.default_rng(seed)
+    day_idx = rng.integers(0, n_days, size=(reps, 1, n_days))  # the same days for both policies
+    ia = rng.integers(0, sa.shape[0], size=(reps, sa.shape[0], n_days))  # seeds within each day
+    ib = rng.integers(0, sb.shape[0], size=(reps, sb.shape[0], n_days))
+    boot = stats(sa[ia, day_idx], sb[ib, day_idx], oa[ia, day_idx], ob[ib, day_idx])
+    out: dict[str, Any] = {"policy_a": record_a.get("policy"), "policy_b": record_b.get("policy"),
+                           "n_days": int(n_days), "n_seeds_a": int(sa.shape[0]), "n_seeds_b": int(sb.shape[0])}
+    for name, p, b in zip(("score_diff", "objective_diff_eur", "prob_improvement"), point, boot):
+        lo, hi = np.percentile(b, [2.5, 97.5])
+        out[name], out[f"{name}_ci_low"], out[f"{name}_ci_high"] = float(p), float(lo), float(hi)
+    return out
+
+
+def comparison_table(records: Sequence[Mapping], against: Sequence[Mapping], split: str | None = None) -> str:
+    """Markdown: each record of ``records`` against each of ``against`` (:func:`compare`), on ``split``'s days
+    if given (:func:`subset`)."""
+    header = ["policy", "against", "days × seeds", "score difference [95 % CI]", "€/day difference [95 % CI]",
+              "P(better) [95 % CI]"]
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for a in records:
+        for b in against:
+            if a is b:
+                continue
+            ra, rb = (a, b) if split is None else (subset(a, split), subset(b, split))
+            c = compare(ra, rb)
+            out.append(f"| {c['policy_a']} | {c['policy_b']} | {c['n_days']} × {c['n_seeds_a']} | "
+                       + " | ".join(_fmt_ci(c, k, d) for k, d in (("score_diff", 3), ("objective_diff_eur", 2),
+                                                                  ("prob_improvement", 2))) + " |")
+    return "\n".join(out)
 
 
 # ---------------------------------------------------------------------------------------------------- records
@@ -284,9 +377,15 @@ def results_table(records: Iterable[Mapping], fmt: str = "markdown", split: str 
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(row, widths)) for row in [header, *lines])
 
 
+REFERENCE_POLICIES = ("oracle", "random", "zero")
+"""Records that :func:`report` does not compare against the rule-based policies (the score's two anchors and the
+do-nothing policy)."""
+
+
 def report(root: str | os.PathLike) -> str:
     """A markdown page of every run record under ``root`` (``<root>/<preset>/<split>/*.record.json``): one table
-    per preset and split, and for the test split one per stress split (:func:`subset`). This is how the tables of
+    per preset and split (with every other learner paired against the rule-based policies, :func:`compare`), and for
+    the test split one per stress split (:func:`subset`). This is how the tables of
     docs/results-v1.md are made: ``python -m mmgrid_env.protocol --report docs/records/v1 > docs/results-v1.md``."""
     from .data import STRESS_SPLITS
 
@@ -307,6 +406,13 @@ def report(root: str | os.PathLike) -> str:
     for (preset, split) in sorted(groups, key=lambda k: (k[0], order.get(k[1], 9), k[1])):
         recs = groups[(preset, split)]
         out += [f"## Preset `{preset}`, split `{split}`", "", results_table(recs), ""]
+        rules = [r for r in recs if str(r["policy"]).startswith("rule_based")]
+        others = [r for r in recs if r["policy"] not in REFERENCE_POLICIES and r not in rules]
+        if rules and others:
+            out += [f"Paired against the rule-based policies on the same {split} days (score and € differences: "
+                    "policy − rules; P(better): the chance that a seed of the policy scores higher than the rules "
+                    "on a random day; 95 % CIs by a paired bootstrap over days and seeds):", "",
+                    comparison_table(others, rules), ""]
         if split == "test":
             for stress, what in STRESS_SPLITS.items():
                 try:
@@ -320,10 +426,13 @@ def report(root: str | os.PathLike) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m mmgrid_env.protocol RECORD.json ...``: the results table of run records (markdown);
-    ``--report DIR``: the page of every record under DIR, with the stress splits."""
+    ``--report DIR``: the page of every record under DIR, with the stress splits; ``--compare A B``: record A
+    paired against record B."""
     p = argparse.ArgumentParser(prog="python -m mmgrid_env.protocol", description=main.__doc__)
     p.add_argument("records", nargs="*", help="run record JSON files (globs allowed)")
     p.add_argument("--report", default=None, metavar="DIR", help="print the results page of every record under DIR")
+    p.add_argument("--compare", nargs=2, default=None, metavar=("A", "B"),
+                   help="paired comparison of run record A against run record B on their common days")
     p.add_argument("--format", default="markdown", choices=["markdown", "text"])
     p.add_argument("--split", default=None, help="restrict each record to this split's days (e.g. a stress split "
                                                   "of test-split records)")
@@ -335,8 +444,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"mmgrid-protocol: error: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.compare is not None:
+        try:
+            a, b = (read_run_record(path) for path in args.compare)
+            if args.split is not None:
+                a, b = subset(a, args.split), subset(b, args.split)
+            print(comparison_table([a], [b]))
+        except (OSError, ValueError) as exc:
+            print(f"mmgrid-protocol: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if not args.records:
-        p.error("give run record files, or --report DIR")
+        p.error("give run record files, --compare A B, or --report DIR")
     paths = sorted({q for pattern in args.records for q in (glob.glob(pattern) or [pattern])})
     records = []
     for path in paths:

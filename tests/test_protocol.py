@@ -132,3 +132,85 @@ def test_random_reference_cache_survives_a_damaged_file(tmp_path, monkeypatch):
         again = protocol.random_reference("paper", [4], cache_dir=tmp_path)
     assert again[4] == pytest.approx(first[4]) and json.loads(path.read_text()) == {"4": pytest.approx(first[4])}
     assert not list(tmp_path.glob("*.tmp*"))
+
+
+def _synthetic_record(policy: str, scores, oracle=100.0, random_=1000.0, days=None) -> dict:
+    """A run record whose rows carry the given (seeds, days) scores, objectives consistent with them."""
+    scores = np.atleast_2d(np.asarray(scores, float))
+    days = list(range(scores.shape[1])) if days is None else list(days)
+    runs = [{"seed": i, "rows": [{"day": d, "normalised_score": float(x), "oracle_objective_eur": oracle,
+                                  "random_objective_eur": random_,
+                                  "objective_eur": random_ - float(x) * (random_ - oracle)}
+                                 for d, x in zip(days, row)]} for i, row in enumerate(scores)]
+    return {"format": "mmgrid-run-record/1", "policy": policy, "env_version": "mmgrid_v1", "days": days,
+            "split": "test", "runs": runs}
+
+
+def test_paired_comparison_against_hand_computed_values():
+    from mmgrid_env.protocol import compare, comparison_table
+
+    # the days differ a lot (0.2 … 0.9) but a beats b by exactly 0.01 on every day and seed: the difference is
+    # certain, although the two policies' own CIs overlap
+    day_level = np.linspace(0.2, 0.9, 30)
+    b = _synthetic_record("b", day_level)
+    a = _synthetic_record("a", np.stack([day_level + 0.01, day_level + 0.01]))
+    c = compare(a, b, reps=300)
+    assert (c["n_days"], c["n_seeds_a"], c["n_seeds_b"]) == (30, 2, 1)
+    assert c["score_diff"] == pytest.approx(0.01) and c["score_diff_ci_low"] == pytest.approx(0.01)
+    assert c["objective_diff_eur"] == pytest.approx(-9.0)  # 0.01 × (1000 − 100) € cheaper
+    assert c["prob_improvement"] == 1.0 and c["prob_improvement_ci_low"] == 1.0
+    agg_a, agg_b = aggregate(np.stack([day_level + 0.01] * 2), reps=300), aggregate(day_level, reps=300)
+    assert agg_a["mean_ci_low"] < agg_b["mean_ci_high"]  # the unpaired intervals overlap
+    # against itself: no difference, P = ½
+    same = compare(b, b, reps=300)
+    assert same["score_diff"] == 0.0 and same["prob_improvement"] == 0.5
+    # by hand: 2 seeds of a on 2 days vs one seed of b; P per day = share of seeds above b (ties ½)
+    a2, b2 = _synthetic_record("a", [[0.5, 0.2], [0.3, 0.2]]), _synthetic_record("b", [[0.4, 0.2]])
+    c2 = compare(a2, b2, reps=300)
+    assert c2["score_diff"] == pytest.approx(((0.4 - 0.4) + (0.2 - 0.2)) / 2)
+    assert c2["prob_improvement"] == pytest.approx((0.5 + 0.5) / 2)  # day 0: one of two above; day 1: ties
+    assert c2["score_diff_ci_low"] <= c2["score_diff"] <= c2["score_diff_ci_high"]
+    assert compare(a2, b2, reps=300) == c2  # deterministic
+    # only the common days count; a NaN day is left out
+    a3 = _synthetic_record("a", [[0.9, np.nan, 0.5]], days=[3, 4, 5])
+    b3 = _synthetic_record("b", [[0.1, 0.1, 0.1, 0.1]], days=[2, 3, 4, 5])
+    assert compare(a3, b3, reps=100)["n_days"] == 2
+    assert compare(a3, b3, reps=100)["score_diff"] == pytest.approx(((0.9 - 0.1) + (0.5 - 0.1)) / 2)
+    table = comparison_table([a], [b])
+    assert "| a | b | 30 × 2 | 0.010 [0.010, 0.010] | -9.00 [-9.00, -9.00] | 1.00 [1.00, 1.00] |" in table
+
+
+def test_paired_comparison_refuses_records_of_different_problems():
+    from mmgrid_env.protocol import compare
+
+    a = _synthetic_record("a", [[0.5, 0.6]])
+    with pytest.raises(ValueError, match="disagree on day 1's oracle_objective_eur"):
+        other = _synthetic_record("b", [[0.5, 0.6]])
+        other["runs"][0]["rows"][1]["oracle_objective_eur"] = 120.0
+        compare(a, other)
+    with pytest.raises(ValueError, match="different env versions"):
+        compare(a, dict(_synthetic_record("b", [[0.5, 0.6]]), env_version="mmgrid_v0"))
+    with pytest.raises(ValueError, match="share no day"):
+        compare(a, _synthetic_record("b", [[0.5, 0.6]], days=[7, 8]))
+
+
+def test_compare_on_the_command_line(tmp_path, capsys):
+    a, b = _synthetic_record("a", [[0.6, 0.7, 0.8]]), _synthetic_record("b", [[0.5, 0.7, 0.9]])
+    write_run_record(a, tmp_path / "a.record.json")
+    write_run_record(b, tmp_path / "b.record.json")
+    assert main(["--compare", str(tmp_path / "a.record.json"), str(tmp_path / "b.record.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| a | b | 3 × 1 | 0.000 [" in out and "| 0.50 [" in out
+    assert main(["--compare", str(tmp_path / "a.record.json"), str(tmp_path / "missing.json")]) == 2
+
+
+def test_report_pairs_each_learner_with_the_rule_based_policies(tmp_path):
+    from mmgrid_env.protocol import report
+
+    folder = tmp_path / "v1" / "feeder" / "validation"
+    for name, scores in {"rule_based": [[0.5, 0.6]], "oracle": [[1.0, 1.0]], "learner": [[0.6, 0.7], [0.5, 0.6]]}.items():
+        write_run_record(dict(_synthetic_record(name, scores), split="validation"),
+                         folder / f"{name}.record.json")
+    page = report(tmp_path / "v1")
+    assert "| learner | rule_based | 2 × 2 | 0.050 [" in page
+    assert "| oracle | rule_based |" not in page and "| rule_based | rule_based |" not in page
