@@ -36,7 +36,9 @@ Hyper-parameter sets (``Args.from_preset``):
 **A correction to the rules** (``Args.base_policy``, e.g. ``--base-policy rule_based_day_ahead --action-stages
 soc_shield``): the actor's outputs move the set-points of a reference rule-based policy by up to ±``base_residual``
 of half of each range (:class:`ResidualOnPolicy`), so an untrained actor (mean ≈ 0) already plays the rules and
-learning spends its samples on what the rules cannot do (docs/results.md measures it on the feeder).
+learning spends its samples on what the rules cannot do (docs/results.md measures it on the feeder). With
+``--base-setpoints ess`` only the battery comes from the rules (:class:`ESSFromBase`): MT and trade go through the
+action stages as without a reference, so the trade can still leave part of a balance to the feeder.
 
 Episodes are one day (24 hourly steps) that the environment ends by truncation. We treat the day end as
 **terminal** (no bootstrap): the objective is the day's cost and the evaluation harness, the oracle and the paper
@@ -65,7 +67,7 @@ from .common import CheckpointError, CsvLog, first_line, load_payload, save_payl
 __all__ = ["Args", "HYPERPARAMETER_SETS", "Actor", "Critic", "RunningMeanStd", "MAPPOAgent", "compute_gae",
            "ppo_losses", "train", "TrainResult", "MAPPOPolicy", "save_checkpoint", "load_checkpoint",
            "policy_from_checkpoint", "CheckpointError", "state_dict_sha256", "make_env", "day_profiles",
-           "greedy_day_cost", "tensorboard_available", "make_action_map", "ResidualOnPolicy",
+           "greedy_day_cost", "tensorboard_available", "make_action_map", "ResidualOnPolicy", "ESSFromBase",
            "neighbour_net_load", "actor_inputs"]
 
 HOURS = 24  # steps per episode (one day); the env ends every episode by truncation after 24 steps
@@ -179,6 +181,11 @@ class Args:
     mean output is 0 plays the reference policy exactly."""
     base_residual: float = 0.25
     """With ``base_policy``: the largest correction, as a fraction of half of each set-point's range."""
+    base_setpoints: str = "all"
+    """With ``base_policy``: which set-points the reference policy gives. ``"all"`` (default): all four, corrected
+    (:class:`ResidualOnPolicy`). ``"ess"``: only the battery's, corrected by the actor's ESS output
+    (:class:`ESSFromBase`); MT and trade go through ``action_stages`` as without a base policy, so the trade can
+    still leave part of the balance to the feeder."""
     actor_neighbours: bool = False
     """Append to each actor's observation the other microgrids' total net load of the hour, Σ_{j≠i} (P_load −
     P_PV − P_WT)_j ÷ Σ_{j≠i} load peak_j (:func:`neighbour_net_load`): what a sharing platform on which every
@@ -512,9 +519,47 @@ def actor_inputs(args: Args, config: Any, obs: np.ndarray, fleet: Any = None) ->
     return np.concatenate([obs, neighbour_net_load(config, obs, fleet)], axis=-1)
 
 
-def make_action_map(args: Args, env, copies: int = 1) -> ActionChain | ResidualOnPolicy:
+class ESSFromBase:
+    """Actor outputs → env actions with the battery centred on a reference policy: the ESS set-point is the
+    reference's, moved by the actor's ESS output a·ρ·(P_max − P_min)/2 (:class:`ResidualOnPolicy` on that one
+    set-point), and the four outputs then go through an :class:`~mmgrid_env.control.ActionChain` (``stages``) as
+    without a reference: MT in merit order, SoC shield, trade around the balance. So an untrained actor (mean 0)
+    cycles the battery as the rules do, and the trade residual still lets a microgrid leave part of its balance
+    to the feeder. One reference policy per environment copy; call :meth:`reset` at the start of every day."""
+
+    def __init__(self, env_or_config: Any, base: str, residual: float = 0.25, stages: Sequence[str] = (),
+                 balance_residual: float = 0.25, copies: int = 1):
+        self.reference = ResidualOnPolicy(env_or_config, base, residual, shield=False, copies=copies)
+        self.chain = ActionChain(env_or_config, stages, balance_residual)
+        fleet = self.chain.fleet
+        self._low, self._span = fleet.action_low[..., 1], fleet.action_high[..., 1] - fleet.action_low[..., 1]
+
+    @property
+    def spec(self) -> dict:
+        return {**self.reference.spec, "setpoints": "ess", **self.chain.spec}
+
+    def reset(self) -> None:
+        self.reference.reset()
+
+    def __call__(self, obs, actions) -> np.ndarray:
+        ess_kw = self.reference.setpoints(obs, actions)[..., 1]  # advances the reference by one hour
+        a = np.clip(np.asarray(actions, np.float64), -1.0, 1.0)
+        a[..., 1] = np.clip(2.0 * (ess_kw - self._low) / self._span - 1.0, -1.0, 1.0)  # the chain's own ESS map
+        return self.chain(obs, a)
+
+    def __repr__(self) -> str:
+        return f"ESSFromBase(base={self.reference.base!r}, residual={self.reference.residual}, chain={self.chain!r})"
+
+
+def make_action_map(args: Args, env, copies: int = 1) -> ActionChain | ResidualOnPolicy | ESSFromBase:
     """``(obs (…, N, obs_dim), actor outputs (…, N, 4)) → env actions``: the chain ``args.action_stages``, or
-    with ``args.base_policy`` a :class:`ResidualOnPolicy` holding ``copies`` reference policies."""
+    with ``args.base_policy`` a :class:`ResidualOnPolicy` (``base_setpoints="all"``) or :class:`ESSFromBase`
+    (``"ess"``) holding ``copies`` reference policies."""
+    if args.base_setpoints not in ("all", "ess"):
+        raise ValueError(f"base_setpoints must be 'all' or 'ess', got {args.base_setpoints!r}")
+    if args.base_policy and args.base_setpoints == "ess":
+        return ESSFromBase(env, args.base_policy, args.base_residual, args.action_stages, args.balance_residual,
+                           copies)
     if args.base_policy:
         extra = [s for s in args.action_stages if s != "soc_shield"]
         if extra:
@@ -818,13 +863,15 @@ class MAPPOPolicy:
     def __init__(self, agent: MAPPOAgent, agents: list[str], deterministic: bool = True, seed: int = 0,
                  device: str | torch.device = "cpu", action_stages: Sequence[str] = (),
                  balance_residual: float = 0.25, action_map: Callable | None = None, base_policy: str = "",
-                 base_residual: float = 0.25, actor_neighbours: bool = False, config: Any = None):
+                 base_residual: float = 0.25, actor_neighbours: bool = False, config: Any = None,
+                 base_setpoints: str = "all"):
         self.agent = agent.to(device).eval()
         self.actor_neighbours, self.config, self._fleet = bool(actor_neighbours), config, None
         # the chain reads the env's ratings: built in bind_env (the harness calls it); a callable is used as it is
         self.action_map = action_map
         self.chain_spec = {"stages": list(action_stages), "residual": float(balance_residual)}
-        self.base_spec = {"base_policy": base_policy, "base_residual": float(base_residual)}
+        self.base_spec = {"base_policy": base_policy, "base_residual": float(base_residual),
+                          "base_setpoints": base_setpoints}
         self._needs_map = action_map is None and (bool(action_stages) or bool(base_policy))
         self._needs_env = self._needs_map or (self.actor_neighbours and config is None)
         self.agents = list(agents)
@@ -843,7 +890,7 @@ class MAPPOPolicy:
     def from_args(cls, agent: MAPPOAgent, agents: list[str], args: Args, **kwargs: Any) -> "MAPPOPolicy":
         """The policy with the action map ``args`` trained with (``kwargs``: deterministic, seed, device)."""
         return cls(agent, agents, action_stages=args.action_stages, balance_residual=args.balance_residual,
-                   base_policy=args.base_policy, base_residual=args.base_residual,
+                   base_policy=args.base_policy, base_residual=args.base_residual, base_setpoints=args.base_setpoints,
                    actor_neighbours=args.actor_neighbours, **kwargs)
 
     def bind_env(self, env) -> None:
