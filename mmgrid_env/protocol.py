@@ -224,7 +224,11 @@ def comparison_table(records: Sequence[Mapping], against: Sequence[Mapping], spl
             if a is b:
                 continue
             ra, rb = (a, b) if split is None else (subset(a, split), subset(b, split))
-            c = compare(ra, rb)
+            try:
+                c = compare(ra, rb)
+            except ValueError as exc:  # a page of many records still shows the pairs that can be made
+                out.append(f"| {a.get('policy')} | {b.get('policy')} | not comparable: {exc} | | | |")
+                continue
             out.append(f"| {c['policy_a']} | {c['policy_b']} | {c['n_days']} × {c['n_seeds_a']} | "
                        + " | ".join(_fmt_ci(c, k, d) for k, d in (("score_diff", 3), ("objective_diff_eur", 2),
                                                                   ("prob_improvement", 2))) + " |")
@@ -407,7 +411,7 @@ def report(root: str | os.PathLike) -> str:
         recs = groups[(preset, split)]
         out += [f"## Preset `{preset}`, split `{split}`", "", results_table(recs), ""]
         rules = [r for r in recs if str(r["policy"]).startswith("rule_based")]
-        others = [r for r in recs if r["policy"] not in REFERENCE_POLICIES and r not in rules]
+        others = [r for r in recs if r["policy"] not in REFERENCE_POLICIES and id(r) not in {id(x) for x in rules}]
         if rules and others:
             out += [f"Paired against the rule-based policies on the same {split} days (score and € differences: "
                     "policy − rules; P(better): the chance that a seed of the policy scores higher than the rules "

@@ -176,6 +176,7 @@ def test_paired_comparison_against_hand_computed_values():
     b3 = _synthetic_record("b", [[0.1, 0.1, 0.1, 0.1]], days=[2, 3, 4, 5])
     assert compare(a3, b3, reps=100)["n_days"] == 2
     assert compare(a3, b3, reps=100)["score_diff"] == pytest.approx(((0.9 - 0.1) + (0.5 - 0.1)) / 2)
+    assert "not comparable: compare: 'a' and 'b' share no day" in comparison_table([a3], [_synthetic_record("b", [[0.1]], days=[9])])
     table = comparison_table([a], [b])
     assert "| a | b | 30 × 2 | 0.010 [0.010, 0.010] | -9.00 [-9.00, -9.00] | 1.00 [1.00, 1.00] |" in table
 
