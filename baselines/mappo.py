@@ -536,7 +536,9 @@ class ESSFromBase:
 
     @property
     def spec(self) -> dict:
-        return {**self.reference.spec, "setpoints": "ess", **self.chain.spec}
+        """The arguments that rebuild this map: ``ESSFromBase(env, **spec)``."""
+        return {"base": self.reference.base, "residual": self.reference.residual, "stages": list(self.chain.stages),
+                "balance_residual": self.chain.residual}
 
     def reset(self) -> None:
         self.reference.reset()
@@ -557,6 +559,8 @@ def make_action_map(args: Args, env, copies: int = 1) -> ActionChain | ResidualO
     (``"ess"``) holding ``copies`` reference policies."""
     if args.base_setpoints not in ("all", "ess"):
         raise ValueError(f"base_setpoints must be 'all' or 'ess', got {args.base_setpoints!r}")
+    if args.base_setpoints == "ess" and not args.base_policy:
+        raise ValueError("base_setpoints='ess' takes the battery from a reference policy: set base_policy too")
     if args.base_policy and args.base_setpoints == "ess":
         return ESSFromBase(env, args.base_policy, args.base_residual, args.action_stages, args.balance_residual,
                            copies)

@@ -563,7 +563,10 @@ def test_ess_from_base_cycles_the_battery_as_the_rules_and_keeps_the_chain():
     f = env.fleet
     args = Args.from_preset("feeder", base_policy="rule_based_day_ahead", base_setpoints="ess", base_residual=0.5)
     m = make_action_map(args, env)
-    assert isinstance(m, ESSFromBase) and m.spec["setpoints"] == "ess"
+    assert isinstance(m, ESSFromBase)
+    assert m.spec == {"base": "rule_based_day_ahead", "residual": 0.5, "stages": list(args.action_stages),
+                      "balance_residual": args.balance_residual}
+    assert ESSFromBase(env, **m.spec).spec == m.spec
     rules, chain = rule_based_day_ahead(env), ActionChain(env, args.action_stages, args.balance_residual)
     m.reset()
     rules.reset()
@@ -593,6 +596,8 @@ def test_ess_from_base_cycles_the_battery_as_the_rules_and_keeps_the_chain():
     np.testing.assert_allclose(m(o, a), chain(o, want), atol=1e-6)
     with pytest.raises(ValueError, match="base_setpoints must be"):
         make_action_map(Args(env_preset="feeder", base_policy="rule_based", base_setpoints="mt"), env)
+    with pytest.raises(ValueError, match="set base_policy too"):
+        make_action_map(Args(env_preset="feeder", base_setpoints="ess"), env)
 
 
 def test_ess_from_base_training_round_trips_through_a_checkpoint(tmp_path):
