@@ -589,6 +589,22 @@ def test_dataclass_config_is_used():
 
 
 # ---------------------------------------------------------------------------------------------- reduced conic form
+def _reference_solve(opf, p, q, price, limits, pg, qg, problems) -> dict:
+    """The cvxpy formulation solved by ECOS at 1e-9 tolerances; where ECOS stops just short of them
+    ("optimal_inaccurate": 2 of the 48 instances below, within 1e-7 p.u. of CLARABEL's voltages), the second solver's
+    optimum is the reference instead, so no inaccurate answer is compared against."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Solution may be inaccurate", category=UserWarning)
+        ref = solve_cvxpy_opf(opf.net, opf.cfg, p, q, price, limits, pg, qg, solver="ECOS", problem=problems["ECOS"])
+    ref["solver"] = "ECOS"
+    if ref["status"] == "optimal_inaccurate":
+        ref = solve_cvxpy_opf(opf.net, opf.cfg, p, q, price, limits, pg, qg, solver="CLARABEL",
+                              problem=problems["CLARABEL"])
+        ref["solver"] = "CLARABEL"
+    assert ref["status"] == "optimal", ref["status"]
+    return ref
+
+
 @pytest.mark.parametrize("buses,aggregation,cfg_kw", [
     ((1, 2, 5, 8, 12, 18, 24, 29), "sum", {}),
     ((1, 2, 5, 24), "mean", {"reactive_slack_cost_factor": 1.0}),  # k = 1: the epigraph's outer pieces dropped
@@ -601,7 +617,7 @@ def test_reduced_conic_form_equals_cvxpy_formulation(buses, aggregation, cfg_kw)
     M = len(buses)
     opf = make_opf(buses, aggregation, **cfg_kw)
     limits = (opf.grid_p_min_kw, opf.grid_p_max_kw, opf.grid_q_min_kvar, opf.grid_q_max_kvar)
-    problem = build_cvxpy_opf(opf.net, opf.cfg, M)
+    problems = {s: build_cvxpy_opf(opf.net, opf.cfg, M) for s in REF_TOL}
     rng = np.random.default_rng(11)
     used = {"cur": 0, "shd": 0, "qslack": 0}
     repaired = 0
@@ -609,9 +625,8 @@ def test_reduced_conic_form_equals_cvxpy_formulation(buses, aggregation, cfg_kw)
         p, q, price, pg, qg = _instance(rng, opf, kind)
         res = opf.solve(p, q, price, pg, qg)
         assert res.status_code == STATUS_OPTIMAL
-        ref = solve_cvxpy_opf(opf.net, opf.cfg, p, q, price, limits, pg, qg, solver="ECOS", problem=problem)
-        assert ref["status"] in ("optimal", "optimal_inaccurate")
-        tol = REF_TOL["ECOS"]
+        ref = _reference_solve(opf, p, q, price, limits, pg, qg, problems)
+        tol = REF_TOL[ref["solver"]]
         used["cur"] += res.curtailment_kw.sum() > 1.0
         used["shd"] += res.shedding_kw.sum() > 1.0
         used["qslack"] += np.abs(res.q_slack_kvar).sum() > 1.0
