@@ -191,6 +191,10 @@ class Args:
     P_PV − P_WT)_j ÷ Σ_{j≠i} load peak_j (:func:`neighbour_net_load`): what a sharing platform on which every
     microgrid publishes its net-load forecast for the hour would tell it at dispatch time (execution stays
     decentralised: no neighbour's action or state of charge is seen)."""
+    critic_feeder_profile: bool = False
+    """With ``critic_day_profile`` on the full feeder: the critic also sees the feeder's own load of the day, hour by
+    hour (:func:`day_profiles`), which with the microgrids' balances sets the voltages and losses of the upper
+    layer (training only, like the rest of the day's profiles)."""
     critic_time_feature: bool = True
     """Give the centralised critic the hour of the episode (t/24). The day ends after 24 steps, so without it the
     value of a state is ambiguous; the critic is training-only, so this leaves execution decentralised."""
@@ -423,14 +427,22 @@ def _net_load_cost(infos: dict, agents: list[str], reward_mode: str) -> np.ndarr
     return own if reward_mode == "individual" else np.full(len(agents), own.sum() / len(agents))
 
 
-def day_profiles(env) -> np.ndarray:
-    """(n_days, 24·(1 + N)) privileged critic features of every day: prices ÷ price scale, then each microgrid's
-    net load (P_load − P_PV − P_WT) ÷ its load peak, hour by hour (public data: ``env.dataset``, ``env.config``)."""
+def day_profiles(env, feeder: bool = False) -> np.ndarray:
+    """(n_days, 24·(1 + N [+ 1])) privileged critic features of every day: prices ÷ price scale, then each
+    microgrid's net load (P_load − P_PV − P_WT) ÷ its load peak, hour by hour (public data: ``env.dataset``,
+    ``env.config``). With ``feeder`` (full feeder only), then the feeder's own loads as the upper layer scales them
+    (``opf.background_load_scale`` × the dataset's load in p.u.): what, with the microgrids' balances, sets the
+    feeder's voltages and losses."""
     ds, cfg = env.dataset, env.config
     feats = [ds.price_eur_per_kwh / cfg.price_scale_eur_per_kwh]
     for mg in cfg.microgrids:  # each microgrid's own profiles
         feats.append((mg.load_peak_kw * ds.column(mg.load_profile) - mg.pv_kwp * ds.column(mg.pv_profile)
                       - mg.wt_kw * ds.column(mg.wind_profile)) / mg.load_peak_kw)
+    if feeder:
+        if cfg.opf.topology != "feeder":
+            raise ValueError("critic_feeder_profile needs the full feeder (opf.topology='feeder', e.g. "
+                             f"env_preset='feeder'), got topology {cfg.opf.topology!r}")
+        feats.append(cfg.opf.background_load_scale * ds.load_pu)
     return np.concatenate(feats, axis=1).astype(np.float32)
 
 
@@ -644,7 +656,9 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     obs_dim = raw_obs_dim + int(args.actor_neighbours)  # the actor's input
     act_dim = int(env0.action_space(agents[0]).shape[0])
     state_dim = int(env0.state_space.shape[0])  # the critic's input: state() [⊕ the day's profiles]
-    profiles = day_profiles(env0) if args.critic_day_profile else None
+    if args.critic_feeder_profile and not args.critic_day_profile:
+        raise ValueError("critic_feeder_profile extends the day's profiles: set critic_day_profile too")
+    profiles = day_profiles(env0, args.critic_feeder_profile) if args.critic_day_profile else None
     if profiles is not None:
         state_dim += profiles.shape[1]
     env_info = {"env_preset": args.env_preset, "reward_mode": args.reward_mode, "env_overrides": env_overrides,

@@ -223,7 +223,9 @@ def comparison_table(records: Sequence[Mapping], against: Sequence[Mapping], spl
         for b in against:
             if a is b:
                 continue
-            ra, rb = (a, b) if split is None else (subset(a, split), subset(b, split))
+            # compare() reads the rows only: the subsets skip every bootstrap
+            ra, rb = (a, b) if split is None else (subset(a, split, AGGREGATED_COLUMNS),
+                                                   subset(b, split, AGGREGATED_COLUMNS))
             try:
                 c = compare(ra, rb)
             except ValueError as exc:  # a page of many records still shows the pairs that can be made
@@ -296,15 +298,21 @@ AGGREGATED_COLUMNS = ("normalised_score", "objective_eur", "optimality_gap", "so
 """Per-day columns a record aggregates (scores with IQM and CIs; the others' means and CIs)."""
 
 
-def aggregates_of(record: Mapping) -> dict[str, dict]:
-    """The aggregates of a record's per-day rows (what :func:`run_record` stores), recomputed from the rows."""
+def aggregates_of(record: Mapping, means_only: Sequence[str] = ()) -> dict[str, dict]:
+    """The aggregates of a record's per-day rows (what :func:`run_record` stores), recomputed from the rows.
+    Columns in ``means_only`` get only ``n`` and ``mean`` (the same mean as :func:`aggregate`'s, without the
+    bootstrap: what a table that prints no interval for them needs)."""
     out = {}
     for col in AGGREGATED_COLUMNS:
         m = np.array([[np.nan if row.get(col) is None else row[col] for row in run["rows"]]
                       for run in record["runs"]], float)
         if np.all(np.isnan(m)):
             continue
-        out[col] = aggregate(m)
+        if col in means_only:
+            m = m[:, np.all(np.isfinite(m), axis=0)]  # as aggregate(): a day with a NaN on any seed is left out
+            out[col] = {"n": int(m.size), "mean": float(np.mean(np.mean(m, axis=0))) if m.size else float("nan")}
+        else:
+            out[col] = aggregate(m)
     return out
 
 
@@ -335,9 +343,10 @@ def _fmt_ci(agg: Mapping | None, key: str, digits: int, pct: bool = False) -> st
     return f"{point} [{k * lo:.{digits}f}, {k * hi:.{digits}f}]{unit}"
 
 
-def subset(record: Mapping, split: str) -> dict:
+def subset(record: Mapping, split: str, means_only: Sequence[str] = ()) -> dict:
     """The record restricted to the days of ``split`` (e.g. a stress split of a test-split record), with its
-    aggregates recomputed: every day of the split must be in the record."""
+    aggregates recomputed (those of ``means_only``: the mean only, :func:`aggregates_of`): every day of the split
+    must be in the record."""
     from .data import load_dataset
 
     dataset = record["config"].get("dataset", "smard_lu_2024")
@@ -349,8 +358,13 @@ def subset(record: Mapping, split: str) -> dict:
     keep = set(want)
     out = dict(record, split=split, days=[d for d in record["days"] if d in keep])
     out["runs"] = [dict(run, rows=[row for row in run["rows"] if int(row["day"]) in keep]) for run in record["runs"]]
-    out["aggregates"] = aggregates_of(out)
+    out["aggregates"] = aggregates_of(out, means_only)
     return out
+
+
+_TABLE_MEANS_ONLY = ("optimality_gap", "soc_violation_rate", "shedding_kwh", "spill_kwh", "voltage_penalty_eur",
+                     "relaxation_gap_max_pu")
+"""Columns :func:`results_table` prints without an interval (so a split's table skips their bootstraps)."""
 
 
 def results_table(records: Iterable[Mapping], fmt: str = "markdown", split: str | None = None) -> str:
@@ -362,7 +376,7 @@ def results_table(records: Iterable[Mapping], fmt: str = "markdown", split: str 
     lines = []
     for r in records:
         if split is not None and r["split"] != split:
-            r = dict(subset(r, split), _path=r.get("_path", ""))
+            r = dict(subset(r, split, means_only=_TABLE_MEANS_ONLY), _path=r.get("_path", ""))
         a = r.get("aggregates") or aggregates_of(r)
         n_seeds = len(r["runs"])
         lines.append([r["policy"], r["env_version"], r["split"], f"{len(r['days'])} × {n_seeds}",
@@ -423,7 +437,7 @@ def report(root: str | os.PathLike) -> str:
                     table = results_table(recs, split=stress)
                 except ValueError:
                     continue
-                n = len(subset(recs[0], stress)["days"])
+                n = len(subset(recs[0], stress, means_only=AGGREGATED_COLUMNS)["days"])
                 out += [f"### Stress split `{stress}` ({n} days: {what})", "", table, ""]
     return "\n".join(out)
 
@@ -452,7 +466,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             a, b = (read_run_record(path) for path in args.compare)
             if args.split is not None:
-                a, b = subset(a, args.split), subset(b, args.split)
+                a, b = subset(a, args.split, AGGREGATED_COLUMNS), subset(b, args.split, AGGREGATED_COLUMNS)
             print(comparison_table([a], [b]))
         except (OSError, ValueError) as exc:
             print(f"mmgrid-protocol: error: {exc}", file=sys.stderr)

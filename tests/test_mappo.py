@@ -616,3 +616,32 @@ def test_ess_from_base_training_round_trips_through_a_checkpoint(tmp_path):
     r1 = evaluate(trained, days=[4, 9], config="feeder", progress=False)
     r2 = evaluate(policy, days=[4, 9], config="feeder", progress=False)
     np.testing.assert_array_equal(r1.column("objective_eur"), r2.column("objective_eur"))
+
+
+def test_critic_feeder_profile_is_the_feeder_load_the_upper_layer_sees():
+    """``critic_feeder_profile``: 24 more critic inputs per day, proportional hour by hour to the feeder's own load
+    that the env reports after each step (``background_load_kw``); refused off the feeder or without the day's
+    profiles; a short run trains with the wider critic."""
+    from mmgrid_baselines.mappo import day_profiles
+
+    env = parallel_env("feeder")
+    base, wide = day_profiles(env), day_profiles(env, feeder=True)
+    assert wide.shape == (base.shape[0], base.shape[1] + 24)
+    np.testing.assert_array_equal(wide[:, : base.shape[1]], base)
+    day = 9
+    obs, _ = env.reset(options={"day": day})
+    reported = []
+    for _ in range(24):
+        obs, _, _, _, infos = env.step({a: np.zeros(4, np.float32) for a in env.agents})
+        reported.append(infos["mg_0"]["background_load_kw"])
+    ratio = np.asarray(reported) / wide[day, -24:]
+    assert ratio.min() > 0 and ratio == pytest.approx(np.full(24, ratio[0]), rel=1e-6)  # float32 features
+    with pytest.raises(ValueError, match="full feeder"):
+        day_profiles(parallel_env("paper_day_ahead"), feeder=True)
+    with pytest.raises(ValueError, match="critic_day_profile"):
+        train(Args(env_preset="feeder", critic_feeder_profile=True, critic_day_profile=False, total_episodes=2,
+                   num_envs=1), progress=False)
+    args = Args(env_preset="feeder", critic_feeder_profile=True, num_envs=2, buffer_size=48, total_episodes=4,
+                minibatch_size=24, update_epochs=1, greedy_eval_every=0, train_day=4)
+    res = train(args, progress=False)
+    assert res.env_info["state_dim"] == env.state_space.shape[0] + wide.shape[1]

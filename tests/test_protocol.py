@@ -117,6 +117,24 @@ def test_stress_split_tables_come_from_test_records_by_subsetting():
         subset(rec, "test_high_price")
 
 
+def test_means_only_aggregates_equal_the_bootstrapped_means():
+    """A stress split's table skips the bootstraps of the columns it prints without an interval; their means must
+    be aggregate()'s, NaN days dropped the same way (a day with a NaN on any seed leaves out)."""
+    rng = np.random.default_rng(3)
+    rec = _synthetic_record("p", rng.uniform(0.5, 1.0, (3, 12)))
+    for i, run in enumerate(rec["runs"]):
+        for j, row in enumerate(run["rows"]):
+            row["optimality_gap"] = float("nan") if (i, j) == (1, 4) else float(rng.uniform(0, 0.2))
+            row["shedding_kwh"] = float(rng.exponential(3.0))
+    full = aggregates_of(rec)
+    quick = aggregates_of(rec, means_only=("optimality_gap", "shedding_kwh"))
+    for col in ("optimality_gap", "shedding_kwh"):
+        assert set(quick[col]) == {"n", "mean"}
+        assert quick[col]["n"] == full[col]["n"] and quick[col]["mean"] == pytest.approx(full[col]["mean"], rel=1e-12)
+    assert full["optimality_gap"]["n"] == 3 * 11  # day 4 left out on every seed
+    assert quick["normalised_score"] == full["normalised_score"]  # the others keep their intervals
+
+
 def test_random_reference_cache_survives_a_damaged_file(tmp_path, monkeypatch):
     """Two evaluations sharing a cache folder once read a file another was writing (empty: a crash). The cache is
     now written whole and renamed; a damaged one is recomputed with a warning, and rewritten valid."""
