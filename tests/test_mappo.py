@@ -213,7 +213,7 @@ def test_train_script_quick_end_to_end(tmp_path):
 
 
 def test_train_script_takes_each_presets_chosen_set():
-    """``--env-preset feeder`` alone trains the feeder's chosen set (neighbours' net load on, λ = 0.6); an explicit
+    """``--env-preset feeder`` alone trains the feeder's chosen set (neighbours' net load on, λ = 0.8); an explicit
     ``--hp`` or Args flag wins; the paper presets keep the default set."""
     import importlib.util
 
@@ -227,9 +227,9 @@ def test_train_script_takes_each_presets_chosen_set():
         return ns.hp, a.env_preset, a.actor_neighbours, a.gae_lambda
 
     assert chosen() == ("default", "paper_day_ahead", False, 0.3)
-    assert chosen("--env-preset", "feeder") == ("feeder", "feeder", True, 0.6)
+    assert chosen("--env-preset", "feeder") == ("feeder", "feeder", True, 0.8)
     assert chosen("--env-preset", "feeder", "--hp", "default") == ("default", "feeder", False, 0.3)
-    assert chosen("--env-preset", "feeder", "--no-actor-neighbours") == ("feeder", "feeder", False, 0.6)
+    assert chosen("--env-preset", "feeder", "--no-actor-neighbours") == ("feeder", "feeder", False, 0.8)
     assert chosen("--env-preset", "feeder", "--gae-lambda", "0.3") == ("feeder", "feeder", True, 0.3)
     assert chosen("--env-preset", "paper_extras") == ("default", "paper_extras", False, 0.3)
     assert chosen("--hp", "paper")[:2] == ("paper", "paper")
