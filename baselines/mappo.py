@@ -117,7 +117,7 @@ class Args:
     """λ of generalised advantage estimation. Small: most decisions (MT, trade) act within the hour, and a short
     λ keeps the advantage from summing the noise of 16 action dimensions over many hours (0.95 learns slower). The
     ``feeder`` set uses 0.8: there the batteries' timing against each other and the feeder's sharing pay hours
-    later, and 0.6, then 0.8, learned faster and ended cheaper on the feeder's validation days (docs/results.md)."""
+    later, and 0.6, then 0.8, ended cheaper on the feeder's validation days (docs/results.md)."""
     hidden: int = 128
     """Hidden units per layer, two layers in actor and critic (Table I: 128)."""
     actor_lr: float = 1e-3
