@@ -213,8 +213,8 @@ def test_train_script_quick_end_to_end(tmp_path):
 
 
 def test_train_script_takes_each_presets_chosen_set():
-    """``--env-preset feeder`` alone trains the feeder's chosen set (neighbours' net load on, λ = 0.8); an explicit
-    ``--hp`` or Args flag wins; the paper presets keep the default set."""
+    """``--env-preset feeder`` alone trains the feeder's chosen set (neighbours' net load on, λ = 0.8, trade residual
+    0.5); an explicit ``--hp`` or Args flag wins; the paper presets keep the default set."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_mappo_cli", ROOT / "examples" / "train_mappo.py")
@@ -224,14 +224,15 @@ def test_train_script_takes_each_presets_chosen_set():
     def chosen(*argv):
         ns = cli.build_parser().parse_args(list(argv))
         a = cli.args_from_cli(ns)
-        return ns.hp, a.env_preset, a.actor_neighbours, a.gae_lambda
+        return ns.hp, a.env_preset, a.actor_neighbours, a.gae_lambda, a.balance_residual
 
-    assert chosen() == ("default", "paper_day_ahead", False, 0.3)
-    assert chosen("--env-preset", "feeder") == ("feeder", "feeder", True, 0.8)
-    assert chosen("--env-preset", "feeder", "--hp", "default") == ("default", "feeder", False, 0.3)
-    assert chosen("--env-preset", "feeder", "--no-actor-neighbours") == ("feeder", "feeder", False, 0.8)
-    assert chosen("--env-preset", "feeder", "--gae-lambda", "0.3") == ("feeder", "feeder", True, 0.3)
-    assert chosen("--env-preset", "paper_extras") == ("default", "paper_extras", False, 0.3)
+    assert chosen() == ("default", "paper_day_ahead", False, 0.3, 0.25)
+    assert chosen("--env-preset", "feeder") == ("feeder", "feeder", True, 0.8, 0.5)
+    assert chosen("--env-preset", "feeder", "--hp", "default") == ("default", "feeder", False, 0.3, 0.25)
+    assert chosen("--env-preset", "feeder", "--no-actor-neighbours") == ("feeder", "feeder", False, 0.8, 0.5)
+    assert chosen("--env-preset", "feeder", "--gae-lambda", "0.3") == ("feeder", "feeder", True, 0.3, 0.5)
+    assert chosen("--env-preset", "feeder", "--balance-residual", "0.25") == ("feeder", "feeder", True, 0.8, 0.25)
+    assert chosen("--env-preset", "paper_extras") == ("default", "paper_extras", False, 0.3, 0.25)
     assert chosen("--hp", "paper")[:2] == ("paper", "paper")
 
 
