@@ -243,7 +243,7 @@ HYPERPARAMETER_SETS: dict[str, dict[str, Any]] = {
     # The feeder preset's choice, made on its validation days (docs/results.md, "Reference learners on the feeder
     # preset"): the default plus each actor seeing the other microgrids' net load (``actor_neighbours``, session 8)
     # and a longer GAE λ (0.3 → 0.6 in session 11: −11.0 €/day on validation, paired, 5 seeds, same budget; 0.6 → 0.8
-    # in session 12: −9.2 €/day more), and a wider trade residual (0.25 → 0.5 in session 13: −3.9 €/day, paired, and
+    # in session 12: −9.2 €/day more), and a wider trade residual (0.25 → 0.5 in session 13: −4.5 €/day, paired, and
     # more of the value of the network left to the feeder to net).
     "feeder": dict(env_preset="feeder", actor_neighbours=True, gae_lambda=0.8, balance_residual=0.5),
     # Table I of the BMAPPO paper; the rest are MAPPO's published defaults for continuous control.

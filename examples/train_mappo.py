@@ -60,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hp", default=None, choices=sorted(HYPERPARAMETER_SETS),
                    help="hyper-parameter set: 'default' (chosen on the paper presets), 'feeder' (chosen on the feeder "
                         "preset's validation days: the default plus the neighbours' net load in each actor's "
-                        "observation, GAE lambda 0.8 and a trade residual of 0.5; the set of --env-preset feeder unless --hp says otherwise) "
-                        "or 'paper' (Table I)")
+                        "observation, GAE lambda 0.8 and a trade residual of 0.5; the set of --env-preset feeder "
+                        "unless --hp says otherwise) or 'paper' (Table I)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, evaluation on {QUICK_EVAL_DAYS} "
                                                          "test days")
     p.add_argument("--out", default=None, help="output folder (default runs/mappo/<env>_<hp>_seed<seed>)")
