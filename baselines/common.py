@@ -1,21 +1,26 @@
-"""What the learners share: checkpoint integrity (one error type, zip CRCs and a SHA-256 of the weights) and the
-CSV log of a training run. Plain helpers; each learner stays one readable file."""
+"""What the learners share: checkpoint integrity (one error type, zip CRCs and a SHA-256 of the weights), the
+CSV log of a training run and the env copies a rollout steps (in this process or in worker processes). Plain
+helpers; each learner stays one readable file."""
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import multiprocessing as mp
 import os
 import pickle
 import struct
 import tempfile
 import zipfile
+import traceback
 import zlib
 from typing import Any
 
+import numpy as np
 import torch
 
-__all__ = ["CheckpointError", "state_dict_sha256", "save_payload", "load_payload", "first_line", "CsvLog"]
+__all__ = ["CheckpointError", "state_dict_sha256", "save_payload", "load_payload", "first_line", "CsvLog", "EnvCopies",
+           "usable_cores"]
 
 
 class CheckpointError(ValueError):
@@ -123,6 +128,164 @@ class CsvLog:
             self._fh = None
 
     def __enter__(self) -> "CsvLog":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ------------------------------------------------------------------------------------------------------ env copies
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity where the OS tells it, else ``os.cpu_count()``)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+class _Copies:
+    """Some copies of one ParallelEnv, stepped one after the other in this process; agents in ``agents`` order."""
+
+    def __init__(self, env_kwargs: dict[str, Any], n: int):
+        from mmgrid_env import parallel_env
+
+        self.envs = [parallel_env(**env_kwargs) for _ in range(n)]
+        self.agents = list(self.envs[0].possible_agents)
+
+    def _stack(self, obs: dict) -> np.ndarray:
+        return np.stack([obs[a] for a in self.agents])
+
+    def reset(self, seeds: list[int | None], options: dict) -> tuple:
+        obs = [self._stack(env.reset(seed=s, options=options)[0]) for env, s in zip(self.envs, seeds)]
+        return obs, [env.state() for env in self.envs], [env.day for env in self.envs]
+
+    def step(self, actions: np.ndarray) -> tuple:
+        """``actions`` (copies, agents, act_dim) → per copy: observations (agents, obs_dim), rewards (a list in
+        agents order), whether the day ended, the infos dict, then every copy's ``state()`` and day."""
+        out = []
+        for env, act in zip(self.envs, actions):
+            obs, rew, _, trunc, infos = env.step({a: act[i] for i, a in enumerate(self.agents)})
+            out.append((self._stack(obs), [rew[a] for a in self.agents], all(trunc.values()), infos))
+        return out, [env.state() for env in self.envs], [env.day for env in self.envs]
+
+    def close(self) -> None:
+        for env in self.envs:
+            env.close()
+
+
+def _worker(conn, env_kwargs: dict[str, Any], n: int) -> None:
+    """A worker process: builds its copies, then answers ("reset" | "step" | "close", argument) messages."""
+    try:
+        copies = _Copies(env_kwargs, n)
+        conn.send(("ok", None))
+        while True:
+            cmd, arg = conn.recv()
+            if cmd == "close":
+                copies.close()
+                conn.send(("ok", None))
+                return
+            conn.send(("ok", getattr(copies, cmd)(*arg)))
+    except (EOFError, KeyboardInterrupt):  # the trainer went away
+        return
+    except BaseException:  # noqa: BLE001 - every failure goes back to the trainer, named
+        conn.send(("error", traceback.format_exc()))
+
+
+class EnvCopies:
+    """``n`` copies of ``mmgrid_env.parallel_env(**env_kwargs)`` stepped together, as a rollout needs them.
+
+    ``workers=0`` steps them one after the other in this process; ``workers=k`` splits them over ``k`` worker
+    processes (copies 0…n−1 in contiguous blocks), so the upper layer's solves of different copies run on
+    different cores. Either way every copy is the same seeded env doing the same thing: the numbers do not depend
+    on ``workers`` (``tests/test_mappo.py`` checks a run's weights bit for bit). Workers start with the ``spawn``
+    method (safe next to torch's threads) and cost a few seconds to start; a worker's error is raised here with
+    its traceback.
+    """
+
+    def __init__(self, env_kwargs: dict[str, Any], n: int, workers: int = 0):
+        if n < 1:
+            raise ValueError(f"EnvCopies needs at least one copy, got n={n}")
+        if workers < 0:
+            raise ValueError(f"env workers must be >= 0 (0: step the copies in this process), got {workers}")
+        self.n, self.workers = n, min(workers, n)
+        self._local: _Copies | None = None
+        self._conns: list = []
+        self._procs: list = []
+        if self.workers == 0:
+            self._local = _Copies(env_kwargs, n)
+            self.agents = self._local.agents
+            return
+        self._blocks = [b for b in np.array_split(np.arange(n), self.workers)]
+        ctx = mp.get_context("spawn")
+        try:
+            for block in self._blocks:
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(target=_worker, args=(child, env_kwargs, len(block)), daemon=True)
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            for conn in self._conns:
+                self._receive(conn)
+        except BaseException:
+            self.close()
+            raise
+        from mmgrid_env import parallel_env  # only for the agents' names (cheap: no step, no solve)
+
+        self.agents = list(parallel_env(**env_kwargs).possible_agents)
+
+    @staticmethod
+    def _receive(conn) -> Any:
+        try:
+            status, payload = conn.recv()
+        except EOFError:
+            raise RuntimeError("an env worker process died without a word (out of memory?)") from None
+        if status == "error":
+            raise RuntimeError(f"an env worker failed:\n{payload}")
+        return payload
+
+    def _call(self, cmd: str, per_block_args: list[tuple]) -> list:
+        for conn, arg in zip(self._conns, per_block_args):
+            conn.send((cmd, arg))
+        return [self._receive(conn) for conn in self._conns]
+
+    def reset(self, seeds: list[int | None], options: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Start a day on every copy (``seeds[e]`` for copy ``e``; ``None`` keeps its RNG going) →
+        observations (n, agents, obs_dim), states (n, state_dim), days (n,)."""
+        if self._local is not None:
+            obs, states, days = self._local.reset(seeds, options)
+        else:
+            parts = self._call("reset", [([seeds[i] for i in b], options) for b in self._blocks])
+            obs, states, days = ([x for part in parts for x in part[k]] for k in range(3))
+        return np.stack(obs), np.stack(states), np.asarray(days)
+
+    def step(self, actions: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
+        """Step every copy with ``actions`` (n, agents, act_dim) → (per copy: (observations, rewards, day ended,
+        infos)), states (n, state_dim) after the step, days (n,)."""
+        if self._local is not None:
+            results, states, days = self._local.step(actions)
+        else:
+            parts = self._call("step", [(actions[b],) for b in self._blocks])
+            results, states, days = ([x for part in parts for x in part[k]] for k in range(3))
+        return results, np.stack(states), np.asarray(days)
+
+    def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
+        for conn in self._conns:
+            try:
+                conn.send(("close", None))
+                conn.recv()
+            except (OSError, EOFError, BrokenPipeError):
+                pass
+            conn.close()
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+        self._conns, self._procs = [], []
+
+    def __enter__(self) -> "EnvCopies":
         return self
 
     def __exit__(self, *exc) -> None:

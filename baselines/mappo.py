@@ -62,7 +62,7 @@ from torch.distributions import Normal
 from mmgrid_env import control, parallel_env
 from mmgrid_env.control import ActionChain
 
-from .common import CheckpointError, CsvLog, first_line, load_payload, save_payload, state_dict_sha256
+from .common import CheckpointError, CsvLog, EnvCopies, first_line, load_payload, save_payload, state_dict_sha256
 
 __all__ = ["Args", "HYPERPARAMETER_SETS", "Actor", "Critic", "RunningMeanStd", "MAPPOAgent", "compute_gae",
            "ppo_losses", "train", "TrainResult", "MAPPOPolicy", "save_checkpoint", "load_checkpoint",
@@ -87,6 +87,12 @@ class Args:
     """``"cpu"`` or ``"cuda"`` (falls back to cpu when CUDA is unavailable)."""
     torch_threads: int = 1
     """``torch.set_num_threads``: the networks are small and the environment is CPU-bound."""
+    env_workers: int = 0
+    """Worker processes that step the env copies (0: this process steps them). The numbers do not depend on it,
+    the speed does: the env's steps (the upper layer's solves, mostly) run on other cores while this process runs
+    the networks, which then wait for them (docs/performance.md: 2 workers on 2 free cores, 1.15× the env steps/s
+    of a 1 280-episode run, their 8.5 s start included). ``examples/train_mappo.py`` picks one per free core unless
+    told."""
 
     # --- environment
     env_preset: str = "paper_day_ahead"
@@ -174,7 +180,7 @@ class Args:
     balance_residual: float = 0.25
     """With the ``balance`` stage: how far (fraction of half the trade range) the grid outputs move the trade away
     from the balance. What a microgrid does not trade is left to the feeder, netted against its neighbours'
-    imbalances; the ``feeder`` set uses 0.5."""
+    imbalances; the ``feeder`` set uses 0.75."""
     base_policy: str = ""
     """``""`` (default): the actor's outputs go through ``action_stages``. A policy name of
     :data:`mmgrid_env.policies.POLICIES` (``"rule_based"``, ``"rule_based_day_ahead"``): the actor learns a
@@ -244,8 +250,8 @@ HYPERPARAMETER_SETS: dict[str, dict[str, Any]] = {
     # preset"): the default plus each actor seeing the other microgrids' net load (``actor_neighbours``, session 8)
     # and a longer GAE λ (0.3 → 0.6 in session 11: −11.0 €/day on validation, paired, 5 seeds, same budget; 0.6 → 0.8
     # in session 12: −9.2 €/day more), and a wider trade residual (0.25 → 0.5 in session 13: −4.5 €/day, paired, and
-    # more of the value of the network left to the feeder to net).
-    "feeder": dict(env_preset="feeder", actor_neighbours=True, gae_lambda=0.8, balance_residual=0.5),
+    # more of the value of the network left to the feeder to net; 0.5 → 0.75 in session 14: −5.9 €/day more).
+    "feeder": dict(env_preset="feeder", actor_neighbours=True, gae_lambda=0.8, balance_residual=0.75),
     # Table I of the BMAPPO paper; the rest are MAPPO's published defaults for continuous control.
     "paper": dict(gamma=0.95, hidden=128, actor_lr=3e-4, critic_lr=1e-4, clip_coef=0.2, buffer_size=10000,
                   minibatch_size=96, total_episodes=20000,
@@ -592,9 +598,15 @@ def make_action_map(args: Args, env, copies: int = 1) -> ActionChain | ResidualO
     return ActionChain(env, args.action_stages, args.balance_residual)
 
 
+def env_kwargs(args: Args, **env_overrides: Any) -> dict[str, Any]:
+    """``parallel_env(**env_kwargs(args))`` is one training environment copy (the preset plus ``reward_mode`` and
+    any overrides)."""
+    return {"config": args.env_preset, "reward_mode": args.reward_mode, **env_overrides}
+
+
 def make_env(args: Args, **env_overrides: Any):
     """One training environment copy (the preset plus ``reward_mode`` and any overrides)."""
-    return parallel_env(args.env_preset, reward_mode=args.reward_mode, **env_overrides)
+    return parallel_env(**env_kwargs(args, **env_overrides))
 
 
 def tensorboard_available() -> bool:
@@ -653,9 +665,8 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     device = _resolve_device(args.device)
 
     # ------------------------------------------------------------------ environments
-    envs = [make_env(args, **env_overrides) for _ in range(args.num_envs)]
+    env0 = make_env(args, **env_overrides)  # read for sizes, ratings and the dataset; the rollouts step copies
     eval_env = make_env(args, **env_overrides) if args.greedy_eval_every > 0 else None
-    env0 = envs[0]
     agents = list(env0.possible_agents)
     n_agents = len(agents)
     raw_obs_dim = int(env0.observation_space(agents[0]).shape[0])
@@ -709,7 +720,10 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     ep_cost = np.zeros(E)
     ep_viol = np.zeros(E)
     cur_obs = np.zeros((E, N, raw_obs_dim), np.float32)
+    cur_state = np.zeros((E, int(env0.state_space.shape[0])), np.float32)
+    cur_day = np.zeros(E, np.int64)
     first_reset = True
+    envs = EnvCopies(env_kwargs(args, **env_overrides), E, args.env_workers)  # here or in worker processes
     try:
         for update in range(1, args.num_updates + 1):
             frac = 1.0 - (update - 1.0) / args.num_updates if args.anneal_lr else 1.0
@@ -720,20 +734,18 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
             agent.eval()
             for t in range(T):
                 if t % HOURS == 0:  # start a new day on every copy (train split only)
-                    for e, env in enumerate(envs):
-                        seed = args.seed * 1000 + e if first_reset else None
-                        opts = {"split": "train"} if args.train_day < 0 else {"day": args.train_day}
-                        obs, _ = env.reset(seed=seed, options=opts)
-                        cur_obs[e] = np.stack([obs[a] for a in agents])
+                    seeds = [args.seed * 1000 + e if first_reset else None for e in range(E)]
+                    opts = {"split": "train"} if args.train_day < 0 else {"day": args.train_day}
+                    cur_obs[:], cur_state[:], cur_day[:] = envs.reset(seeds, opts)
                     first_reset = False
                     if hasattr(action_map, "reset"):
                         action_map.reset()
                     ep_ret[:], ep_cost[:], ep_viol[:] = 0.0, 0.0, 0.0
                 obs_np = cur_obs.copy()  # (E, N, raw_obs_dim): each agent's own observation
                 actor_np = actor_inputs(args, env0.config, obs_np, fleet)  # (E, N, obs_dim)
-                state_np = np.stack([env.state() for env in envs])  # (E, state_dim)
+                state_np = cur_state.copy()  # (E, state_dim)
                 if profiles is not None:
-                    state_np = np.concatenate([state_np, profiles[[env.day for env in envs]]], axis=1)
+                    state_np = np.concatenate([state_np, profiles[cur_day]], axis=1)
                 hour_np = np.full(E, t % HOURS, np.int64)
                 with torch.no_grad():
                     obs_t = torch.as_tensor(actor_np, device=device).reshape(E * N, obs_dim)
@@ -748,17 +760,16 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
                 b_obs[t], b_state[t], b_hour[t] = actor_np, state_np, hour_np
                 b_act[t], b_logp[t] = act_np, logp.cpu().numpy().reshape(E, N)
                 b_vnorm[t] = v_norm.cpu().numpy().reshape(E, N)
-                for e, env in enumerate(envs):
-                    obs, rew, _, trunc, infos = env.step({a: env_act[e, i] for i, a in enumerate(agents)})
-                    cur_obs[e] = np.stack([obs[a] for a in agents])
-                    b_rew[t, e] = [rew[a] for a in agents]
+                stepped, cur_state[:], cur_day[:] = envs.step(env_act)
+                for e, (obs_e, rew, done, infos) in enumerate(stepped):
+                    cur_obs[e] = obs_e
+                    b_rew[t, e] = rew
                     if args.reward_baseline == "net_load":
                         b_rew[t, e] += _net_load_cost(infos, agents, args.reward_mode)
                     info0 = infos[agents[0]]
-                    ep_ret[e] += sum(rew.values())
+                    ep_ret[e] += sum(rew)
                     ep_cost[e] += info0["cost_total_eur"]
                     ep_viol[e] += sum(infos[a]["soc_violation"] > 0 for a in agents)
-                    done = all(trunc.values())
                     b_done[t, e] = float(done)
                 global_step += E
                 if t % HOURS == HOURS - 1:  # every copy finished its day
@@ -869,8 +880,7 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
         progress_csv.close()
         if writer is not None:
             writer.close()
-        for env in envs:
-            env.close()
+        envs.close()
     result.wall_s = time.perf_counter() - start
     result.env_steps_per_s = global_step / max(result.wall_s, 1e-9)
     return result

@@ -40,6 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 
 from mmgrid_env.protocol import run_record, write_run_record
+from mmgrid_baselines.common import usable_cores
 from mmgrid_baselines.mappo import (HYPERPARAMETER_SETS, Args, MAPPOPolicy, save_checkpoint,
                              tensorboard_available, train)
 
@@ -60,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hp", default=None, choices=sorted(HYPERPARAMETER_SETS),
                    help="hyper-parameter set: 'default' (chosen on the paper presets), 'feeder' (chosen on the feeder "
                         "preset's validation days: the default plus the neighbours' net load in each actor's "
-                        "observation, GAE lambda 0.8 and a trade residual of 0.5; the set of --env-preset feeder "
+                        "observation, GAE lambda 0.8 and a trade residual of 0.75; the set of --env-preset feeder "
                         "unless --hp says otherwise) or 'paper' (Table I)")
     p.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK}, evaluation on {QUICK_EVAL_DAYS} "
                                                          "test days")
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + f.name.replace("_", "-")
         d, pp = Args.from_preset("default"), Args.from_preset("paper")
         help_ = f"{docs.get(f.name, '')} [{getattr(d, f.name)} | {getattr(pp, f.name)}]".replace("%", "%%")
+        if f.name == "env_workers":  # the one option this script sets itself
+            help_ = (f"{docs.get(f.name, '')} Unset: one per free core, at most one per env copy (here: "
+                     f"{default_env_workers(d.num_envs)} for {d.num_envs} copies).")
         if f.type in ("bool", bool):
             g.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=help_)
         elif str(f.type).startswith("tuple"):  # a list of names (``--action-stages`` alone: none)
@@ -121,7 +125,18 @@ def args_from_cli(ns: argparse.Namespace) -> Args:
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
     if ns.quick:
         overrides = {**QUICK, **overrides}
-    return Args.from_preset(ns.hp, **overrides)
+    args = Args.from_preset(ns.hp, **overrides)
+    if ns.env_workers is None:  # unless told: one worker process per free core (none on a single core)
+        args.env_workers = default_env_workers(args.num_envs)
+    return args
+
+
+def default_env_workers(num_envs: int, cores: int | None = None) -> int:
+    """Worker processes for the env copies when ``--env-workers`` is not given: one per core the run may use, at
+    most one per copy, and none on a single core (a worker would only add its messages to the same core's work).
+    Running several trainings at once? Give each ``--env-workers 0``."""
+    cores = usable_cores() if cores is None else cores
+    return 0 if cores < 2 else min(cores, num_envs)
 
 
 # ------------------------------------------------------------------------------------------------------ outputs
@@ -193,7 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     progress = not ns.no_progress
     print(f"MAPPO ({ns.hp} hyper-parameters) on preset {args.env_preset!r}: {args.total_episodes} training "
-          f"episodes on {args.num_envs} env copies, {args.rollout_steps} transitions/update, "
+          f"episodes on {args.num_envs} env copies"
+          + (f" ({args.env_workers} worker processes)" if args.env_workers else "")
+          + f", {args.rollout_steps} transitions/update, "
           f"{args.num_updates} updates -> {out}")
     print("logging: progress.csv, episodes.csv" + (", TensorBoard events" if tensorboard_available() else
                                                     " (TensorBoard: not installed, `pip install tensorboard`)"))

@@ -22,7 +22,7 @@ from .policies import POLICIES, RandomPolicy, RuleBasedPolicy, ZeroPolicy, make_
 from .opf import (STATUS_FALLBACK_SOLVER, STATUS_OPTIMAL, STATUS_SAFE_DISPATCH, ConicOPF, OPFResult,
                   balancing_prices)
 
-__version__ = "0.10.0"
+__version__ = "0.11.0"
 
 __all__ = [
     "parallel_env", "env", "raw_env", "MultiMicrogridEnv", "EnvConfig", "MicrogridConfig", "OPFConfig",

@@ -214,7 +214,7 @@ def test_train_script_quick_end_to_end(tmp_path):
 
 def test_train_script_takes_each_presets_chosen_set():
     """``--env-preset feeder`` alone trains the feeder's chosen set (neighbours' net load on, λ = 0.8, trade residual
-    0.5); an explicit ``--hp`` or Args flag wins; the paper presets keep the default set."""
+    0.75); an explicit ``--hp`` or Args flag wins; the paper presets keep the default set."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_mappo_cli", ROOT / "examples" / "train_mappo.py")
@@ -227,13 +227,47 @@ def test_train_script_takes_each_presets_chosen_set():
         return ns.hp, a.env_preset, a.actor_neighbours, a.gae_lambda, a.balance_residual
 
     assert chosen() == ("default", "paper_day_ahead", False, 0.3, 0.25)
-    assert chosen("--env-preset", "feeder") == ("feeder", "feeder", True, 0.8, 0.5)
+    assert chosen("--env-preset", "feeder") == ("feeder", "feeder", True, 0.8, 0.75)
     assert chosen("--env-preset", "feeder", "--hp", "default") == ("default", "feeder", False, 0.3, 0.25)
-    assert chosen("--env-preset", "feeder", "--no-actor-neighbours") == ("feeder", "feeder", False, 0.8, 0.5)
-    assert chosen("--env-preset", "feeder", "--gae-lambda", "0.3") == ("feeder", "feeder", True, 0.3, 0.5)
+    assert chosen("--env-preset", "feeder", "--no-actor-neighbours") == ("feeder", "feeder", False, 0.8, 0.75)
+    assert chosen("--env-preset", "feeder", "--gae-lambda", "0.3") == ("feeder", "feeder", True, 0.3, 0.75)
     assert chosen("--env-preset", "feeder", "--balance-residual", "0.25") == ("feeder", "feeder", True, 0.8, 0.25)
     assert chosen("--env-preset", "paper_extras") == ("default", "paper_extras", False, 0.3, 0.25)
     assert chosen("--hp", "paper")[:2] == ("paper", "paper")
+    # worker processes for the env copies: one per free core unless told, none on one core, an explicit value wins
+    assert cli.default_env_workers(8, cores=1) == 0
+    assert cli.default_env_workers(8, cores=2) == 2
+    assert cli.default_env_workers(4, cores=16) == 4
+    assert cli.args_from_cli(cli.build_parser().parse_args(["--env-workers", "0"])).env_workers == 0
+    assert cli.args_from_cli(cli.build_parser().parse_args([])).env_workers == cli.default_env_workers(8)
+
+
+def test_env_workers_give_the_same_run():
+    """Stepping the env copies in worker processes changes the speed, not one bit of the run (feeder preset: the
+    upper layer solves in the workers; the actors see the neighbours' net load)."""
+    args = Args.from_preset("feeder", seed=5, total_episodes=6, num_envs=3, buffer_size=72, greedy_eval_every=0)
+    here = train(args, progress=False)
+    spread = train(dataclasses.replace(args, env_workers=2), progress=False)
+    for k, v in here.agent.state_dict().items():
+        torch.testing.assert_close(spread.agent.state_dict()[k], v, rtol=0, atol=0)
+    assert [e["cost_eur"] for e in here.episodes] == [e["cost_eur"] for e in spread.episodes]
+    assert len(here.episodes) == 6
+
+
+def test_env_copies_name_bad_input_and_a_workers_failure():
+    from mmgrid_baselines.common import EnvCopies
+
+    with pytest.raises(ValueError, match="env workers must be >= 0"):
+        EnvCopies({"config": "feeder"}, 2, workers=-1)
+    with pytest.raises(ValueError, match="at least one copy"):
+        EnvCopies({"config": "feeder"}, 0)
+    with pytest.raises(RuntimeError, match="env worker failed(.|\n)*no_such_preset"):  # the worker's own error
+        EnvCopies({"config": "no_such_preset"}, 2, workers=1)
+    with EnvCopies({"config": "paper"}, 2, workers=2) as copies:
+        obs, states, days = copies.reset([1, 2], {"split": "train"})
+        assert obs.shape[:2] == (2, len(copies.agents)) and states.shape[0] == 2 and days.shape == (2,)
+        with pytest.raises(RuntimeError, match="env worker failed"):  # a wrong-shaped action, named by the env
+            copies.step(np.full((2, len(copies.agents), 1), np.nan))
 
 
 def test_same_seed_same_run():
