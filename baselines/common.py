@@ -11,8 +11,8 @@ import os
 import pickle
 import struct
 import tempfile
-import zipfile
 import traceback
+import zipfile
 import zlib
 from typing import Any
 
@@ -177,7 +177,7 @@ def _worker(conn, env_kwargs: dict[str, Any], n: int) -> None:
     """A worker process: builds its copies, then answers ("reset" | "step" | "close", argument) messages."""
     try:
         copies = _Copies(env_kwargs, n)
-        conn.send(("ok", None))
+        conn.send(("ok", copies.agents))
         while True:
             cmd, arg = conn.recv()
             if cmd == "close":
@@ -215,7 +215,7 @@ class EnvCopies:
             self._local = _Copies(env_kwargs, n)
             self.agents = self._local.agents
             return
-        self._blocks = [b for b in np.array_split(np.arange(n), self.workers)]
+        self._blocks = np.array_split(np.arange(n), self.workers)
         ctx = mp.get_context("spawn")
         try:
             for block in self._blocks:
@@ -225,14 +225,10 @@ class EnvCopies:
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-            for conn in self._conns:
-                self._receive(conn)
+            self.agents = [self._receive(conn) for conn in self._conns][0]  # each worker names its agents
         except BaseException:
             self.close()
             raise
-        from mmgrid_env import parallel_env  # only for the agents' names (cheap: no step, no solve)
-
-        self.agents = list(parallel_env(**env_kwargs).possible_agents)
 
     @staticmethod
     def _receive(conn) -> Any:
