@@ -14,7 +14,7 @@ import tempfile
 import traceback
 import zipfile
 import zlib
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -240,29 +240,26 @@ class EnvCopies:
             raise RuntimeError(f"an env worker failed:\n{payload}")
         return payload
 
-    def _call(self, cmd: str, per_block_args: list[tuple]) -> list:
-        for conn, arg in zip(self._conns, per_block_args):
-            conn.send((cmd, arg))
-        return [self._receive(conn) for conn in self._conns]
+    def _run(self, cmd: str, block_args: Callable[[np.ndarray], tuple]) -> tuple[list, list, list]:
+        """``_Copies.<cmd>`` on every copy → its three per-copy lists, in copy order. ``block_args(indices)``: the
+        arguments for the copies ``indices`` (all of them in this process, one block per worker)."""
+        if self._local is not None:
+            return getattr(self._local, cmd)(*block_args(np.arange(self.n)))
+        for conn, block in zip(self._conns, self._blocks):
+            conn.send((cmd, block_args(block)))
+        parts = [self._receive(conn) for conn in self._conns]
+        return tuple([x for part in parts for x in part[k]] for k in range(3))
 
     def reset(self, seeds: list[int | None], options: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Start a day on every copy (``seeds[e]`` for copy ``e``; ``None`` keeps its RNG going) →
         observations (n, agents, obs_dim), states (n, state_dim), days (n,)."""
-        if self._local is not None:
-            obs, states, days = self._local.reset(seeds, options)
-        else:
-            parts = self._call("reset", [([seeds[i] for i in b], options) for b in self._blocks])
-            obs, states, days = ([x for part in parts for x in part[k]] for k in range(3))
+        obs, states, days = self._run("reset", lambda b: ([seeds[i] for i in b], options))
         return np.stack(obs), np.stack(states), np.asarray(days)
 
     def step(self, actions: np.ndarray) -> tuple[list, np.ndarray, np.ndarray]:
         """Step every copy with ``actions`` (n, agents, act_dim) → (per copy: (observations, rewards, day ended,
         infos)), states (n, state_dim) after the step, days (n,)."""
-        if self._local is not None:
-            results, states, days = self._local.step(actions)
-        else:
-            parts = self._call("step", [(actions[b],) for b in self._blocks])
-            results, states, days = ([x for part in parts for x in part[k]] for k in range(3))
+        results, states, days = self._run("step", lambda b: (actions[b],))
         return results, np.stack(states), np.asarray(days)
 
     def close(self) -> None:

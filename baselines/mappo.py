@@ -704,6 +704,8 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     b_rew = np.zeros((T, E, N), np.float32)
     b_done = np.zeros((T, E), np.float32)
 
+    # the copies the rollouts step (here or in worker processes): after every argument check, before anything to close
+    envs = EnvCopies(env_kwargs(args, **env_overrides), E, args.env_workers)
     writer = _tensorboard_writer(log_dir)
     if log_dir is not None:
         os.makedirs(log_dir, exist_ok=True)
@@ -723,7 +725,6 @@ def train(args: Args, log_dir: str | None = None, progress: bool = True,
     cur_state = np.zeros((E, int(env0.state_space.shape[0])), np.float32)
     cur_day = np.zeros(E, np.int64)
     first_reset = True
-    envs = EnvCopies(env_kwargs(args, **env_overrides), E, args.env_workers)  # here or in worker processes
     try:
         for update in range(1, args.num_updates + 1):
             frac = 1.0 - (update - 1.0) / args.num_updates if args.anneal_lr else 1.0
